@@ -1,0 +1,5 @@
+"""``python -m hepml_images``: the same as the ``hepml-images`` command."""
+
+from hepml_images.cli import entry
+
+entry()

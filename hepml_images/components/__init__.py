@@ -1,0 +1,258 @@
+"""Components → build steps. Pure.
+
+Input: one variant's checked ``Content``, what its parent image provides (``Inherited``) and its
+base. Output: the ``Planned`` steps in cache-aware order (what changes rarely comes first: OS
+packages, CUDA, the release environment, Python, TensorFlow, pip requirements, then files,
+environment and labels), the build-context files, and what children of this image inherit.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from hepml_images.components import packages
+from hepml_images.render import ir
+
+if TYPE_CHECKING:
+    from hepml_images.spec.model import Content, Family
+
+ENTRYPOINT_SCRIPT = "/opt/hepml/entrypoint.sh"
+REQUIREMENTS_DIR = "/.hepml/requirements"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PythonEnv:
+    """The interpreter and venv that later steps and child images use."""
+
+    version: str
+    venv: str
+
+    @property
+    def python(self) -> str:
+        """The venv's interpreter."""
+        return f"{self.venv}/bin/python"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inherited:
+    """What an image offers the specs built FROM it."""
+
+    family: Family
+    release: str | None
+    python: PythonEnv | None = None
+    wrapper: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    versions: tuple[tuple[str, str], ...] = ()
+    tests: tuple[ir.Test, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorflowInstall:
+    """How TensorFlow is installed, decided by the resolver from the compatibility data."""
+
+    requirement: str
+    cuda: str | None
+    cudnn: str | None
+
+
+@dataclass(kw_only=True)
+class _Builder:
+    steps: list[ir.Step] = field(default_factory=list)
+    context: list[ir.ContextFile] = field(default_factory=list)
+    env: list[tuple[str, str]] = field(default_factory=list)
+
+    def run(self, title: str, commands: tuple[str, ...], wrapper: tuple[str, ...] = ()) -> None:
+        if commands:
+            self.steps.append(ir.Run(title=title, commands=commands, wrapper=wrapper))
+
+    def set_env(self, *items: tuple[str, str]) -> None:
+        last = self.steps[-1] if self.steps else None
+        if isinstance(last, ir.SetEnv):
+            self.steps[-1] = ir.SetEnv(items=(*last.items, *items))
+        else:
+            self.steps.append(ir.SetEnv(items=items))
+        self.env.extend(items)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Planned:
+    """Steps and context of one image, and what its children inherit."""
+
+    steps: tuple[ir.Step, ...]
+    context: tuple[ir.ContextFile, ...]
+    inherited: Inherited
+
+
+def _pip(python: PythonEnv, args: str) -> str:
+    return f"{shlex.quote(python.python)} -m pip install --no-cache-dir --disable-pip-version-check {args}"
+
+
+def os_packages(content: Content, family: Family) -> tuple[str, ...]:
+    """Every distribution package this spec's components need, sorted."""
+    comps = content.components
+    wanted: set[str] = set()
+    apt = family in {"debian", "ubuntu"}
+    if comps.system_packages is not None:
+        wanted.update(comps.system_packages.packages)
+    if comps.hdf5 is not None:
+        wanted.update({"libhdf5-dev", "hdf5-tools"} if apt else {"hdf5", "hdf5-devel"})
+    if comps.python is not None and comps.python.source == "system":
+        if apt:
+            wanted.update({"python3", "python3-venv"})
+        elif comps.python.interpreter == "python3":
+            wanted.update({"python3", "python3-pip"})
+        else:
+            wanted.update({comps.python.interpreter, f"{comps.python.interpreter}-pip"})
+    return tuple(sorted(wanted))
+
+
+def _cuda_system(content: Content, family: Family, release: str | None) -> tuple[str, ...]:
+    cuda = content.components.cuda
+    if cuda is None or cuda.source != "system":
+        return ()
+    repo = packages.nvidia_repo_name(family, release)
+    base = f"https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64"
+    dashed = cuda.version.replace(".", "-")
+    libs = [f"cuda-libraries-{dashed}"]
+    if cuda.cudnn is not None:
+        major = cuda.cudnn.split(".", 1)[0]
+        cuda_major = cuda.version.split(".", 1)[0]
+        if family in {"debian", "ubuntu"}:
+            libs.append("libcudnn8" if major == "8" else f"libcudnn{major}-cuda-{cuda_major}")
+        else:
+            libs.append("libcudnn8" if major == "8" else f"libcudnn{major}-cuda-{cuda_major}")
+    if family in {"debian", "ubuntu"}:
+        keyring = f"{base}/cuda-keyring_1.1-1_all.deb"
+        return (
+            *packages.install(family, ["ca-certificates", "curl"]),
+            f"curl -fsSLo /tmp/cuda-keyring.deb {shlex.quote(keyring)}",
+            "dpkg -i /tmp/cuda-keyring.deb",
+            "rm -f /tmp/cuda-keyring.deb",
+            *packages.install(family, libs),
+        )
+    repo_file = f"/etc/yum.repos.d/cuda-{repo}.repo"
+    return (
+        f"curl -fsSLo {repo_file} {shlex.quote(f'{base}/cuda-{repo}.repo')}",
+        *packages.install(family, libs),
+    )
+
+
+def plan(
+    content: Content,
+    *,
+    parent: Inherited,
+    base: ir.Base,
+    tensorflow: TensorflowInstall | None,
+    versions: tuple[tuple[str, str], ...],
+) -> Planned:
+    """Turn one variant's components into steps, in cache-aware order."""
+    comps = content.components
+    family = parent.family
+    out = _Builder()
+    user = content.user or parent.user
+    if user not in {None, "root", "0"}:
+        out.steps.append(ir.User(name="root"))
+
+    setup: tuple[str, ...] = ()
+    if isinstance(base, ir.FromImage) and family == "el7":
+        setup = packages.el7_vault()
+    wanted = os_packages(content, family)
+    needs_epel = comps.hdf5 is not None and family in {"el7", "el9"}
+    install = packages.install(family, wanted) if wanted else ()
+    out.run("distribution packages", (*setup, *(packages.epel(family) if needs_epel else ()), *install))
+
+    if comps.cuda is not None:
+        out.run("CUDA and cuDNN from NVIDIA's repository", _cuda_system(content, family, parent.release))
+        cuda_version = comps.cuda.version
+        out.set_env(
+            ("NVIDIA_VISIBLE_DEVICES", "all"),
+            ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
+            ("NVIDIA_REQUIRE_CUDA", f"cuda>={cuda_version}"),
+        )
+    elif tensorflow is not None and tensorflow.cuda is not None:
+        out.set_env(
+            ("NVIDIA_VISIBLE_DEVICES", "all"),
+            ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
+            ("NVIDIA_REQUIRE_CUDA", f"cuda>={tensorflow.cuda}"),
+        )
+
+    wrapper = parent.wrapper
+    if comps.analysisbase is not None:
+        script = (
+            "#!/bin/bash\n"
+            "# Set up the ATLAS AnalysisBase release environment, then run the command.\n"
+            f"source {shlex.quote(comps.analysisbase.setup)}\n"
+            'exec "$@"\n'
+        )
+        out.context.append(ir.ContextFile(name="hepml-entrypoint.sh", content=script.encode(), mode=0o755))
+        out.steps.append(ir.Copy(src="hepml-entrypoint.sh", dest=ENTRYPOINT_SCRIPT, mode=0o755))
+        wrapper = (ENTRYPOINT_SCRIPT,)
+
+    python = parent.python
+    if comps.python is not None:
+        spec_py = comps.python
+        venv = spec_py.venv
+        flags = " --system-site-packages" if spec_py.system_site_packages else ""
+        out.run(
+            f"Python {spec_py.version} virtual environment",
+            (f"{shlex.quote(spec_py.interpreter)} -m venv{flags} {shlex.quote(venv)}",),
+            wrapper,
+        )
+        out.set_env(("VIRTUAL_ENV", venv), ("PATH", f"{venv}/bin:${{PATH}}"))
+        out.set_env(("PIP_DISABLE_PIP_VERSION_CHECK", "1"), ("PIP_NO_CACHE_DIR", "1"))
+        python = PythonEnv(version=spec_py.version, venv=venv)
+
+    if tensorflow is not None and python is not None:
+        out.run(
+            "TensorFlow",
+            (_pip(python, shlex.quote(tensorflow.requirement)),),
+            wrapper,
+        )
+
+    if comps.pip is not None and python is not None:
+        pip = comps.pip
+        index = ["--index-url", shlex.quote(pip.index_url)] if pip.index_url else []
+        sources: list[tuple[str, bytes, bool]] = []
+        if pip.file is not None and pip.file_content is not None:
+            sources.append((pip.file.rsplit("/", 1)[-1], pip.file_content, pip.require_hashes))
+        if pip.requirements:
+            text = "".join(f"{req}\n" for req in pip.requirements)
+            sources.append((f"{content.name}.txt", text.encode(), False))
+        for name, data, hashed in sources:
+            dest = f"{REQUIREMENTS_DIR}/{name}"
+            out.context.append(ir.ContextFile(name=f"requirements/{name}", content=data))
+            out.steps.append(ir.Copy(src=f"requirements/{name}", dest=dest))
+            flags = ["--no-deps", "--require-hashes"] if hashed else []
+            out.run(f"pip requirements ({name})", (_pip(python, " ".join([*index, *flags, "-r", shlex.quote(dest)])),), wrapper)
+
+    for copy in content.files:
+        ctx = f"files/{copy.src}"
+        mode = int(copy.mode, 8) if copy.mode else None
+        out.context.append(ir.ContextFile(name=ctx, content=copy.content, mode=mode or 0o644))
+        out.steps.append(ir.Copy(src=ctx, dest=copy.dest, mode=mode))
+
+    if content.env:
+        out.set_env(*content.env)
+
+    workdir = content.workdir or parent.workdir
+    if content.workdir:
+        out.steps.append(ir.Workdir(path=content.workdir))
+    if user not in {None, "root", "0"} and user is not None:
+        out.steps.append(ir.User(name=user))
+
+    tests = (*parent.tests, *(ir.Test(name=t.name, run=t.run) for t in content.smoke))
+    inherited = replace(
+        parent,
+        python=python,
+        wrapper=wrapper,
+        env=(*parent.env, *out.env),
+        workdir=workdir,
+        user=user,
+        versions=versions,
+        tests=tuple(dict.fromkeys(tests)),
+    )
+    return Planned(steps=tuple(out.steps), context=tuple(out.context), inherited=inherited)

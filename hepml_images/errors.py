@@ -1,0 +1,71 @@
+"""The user-facing error tree.
+
+Every failure that a user can cause or fix is a ``HepmlError`` subclass carrying a message, an
+optional hint and the exit code that the CLI uses. Only the CLI catches and prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class HepmlError(Exception):
+    """Base of every error meant for a user; ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class UsageError(HepmlError):
+    """Bad command-line arguments."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a spec: where it is and what is wrong."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+    hint: str | None = None
+
+    def render(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        key = f" [{self.path}]" if self.path else ""
+        text = f"{where}:{key} {self.message}"
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+
+class SpecError(HepmlError):
+    """One or more problems in spec files; reported together, exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.path, p.message))
+        count = len(self.problems)
+        head = "1 problem" if count == 1 else f"{count} problems"
+        super().__init__(f"{head} in spec files:\n" + "\n".join(p.render() for p in self.problems))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class IncompatibleVersions(HepmlError):
+    """A combination of component versions that is known not to work together."""
+
+    exit_code = 2

@@ -1,0 +1,70 @@
+"""The pipeline, wired in one place: spec → resolve → render (→ build → test → publish).
+
+Every stage is a function of the previous one's output. ``resolve_specs`` and ``render_variants``
+are pure; ``write_build_dir`` is the one place that writes rendered files to disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from hepml_images.render import Rendered, render
+from hepml_images.resolve import ResolvedVariant, resolve, select
+from hepml_images.spec import load as spec_load
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+Format = Literal["docker", "singularity", "all"]
+FILENAMES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The specs the user named, every variant (parents included) and the selected ones."""
+
+    requested: tuple[str, ...]
+    variants: tuple[ResolvedVariant, ...]
+    selected: tuple[ResolvedVariant, ...]
+
+
+def resolve_specs(arguments: Sequence[str], selection: Sequence[str] = (), *, search: Sequence[Path] = ()) -> Resolution:
+    """Load the named specs (and their parents), resolve them and select variants."""
+    specset = spec_load.load(arguments, search=search)
+    variants = resolve(specset)
+    selected = select(variants, specset.requested, selection)
+    return Resolution(specset.requested, variants, selected)
+
+
+def resolve_directory(directory: Path) -> Resolution:
+    """Every spec of a directory, all variants selected."""
+    specset = spec_load.load_directory(directory)
+    variants = resolve(specset)
+    return Resolution(specset.requested, variants, variants)
+
+
+def render_variants(variants: Sequence[ResolvedVariant]) -> list[tuple[ResolvedVariant, Rendered]]:
+    """Render every variant's build files."""
+    return [(variant, render(variant.plan)) for variant in variants]
+
+
+def write_build_dir(rendered: Rendered, directory: Path, fmt: Format) -> list[Path]:
+    """Write one variant's build files and context into ``directory``; return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    texts = {"docker": rendered.dockerfile, "singularity": rendered.singularity}
+    for kind, text in texts.items():
+        if fmt in {kind, "all"}:
+            path = directory / FILENAMES[kind]
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    for item in rendered.context:
+        path = directory / item.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(item.content)
+        os.chmod(path, item.mode)  # noqa: PTH101 - explicit mode, independent of umask
+        written.append(path)
+    return written

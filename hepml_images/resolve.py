@@ -1,0 +1,568 @@
+"""Specs → frozen, concrete variants in build order. Pure and deterministic.
+
+Input: a ``SpecSet``. Output: ``ResolvedVariant`` objects, parents before children, each with its
+checked content, the versions that matter, its tags, its image plan and a content digest.
+
+- ``extends`` forms a graph; cycles and missing parents are errors.
+- A child inherits its parent's matrix: its variants are the parent's variants (optionally
+  narrowed by naming an inherited axis with fewer values) times its own axes. Each child variant
+  is built FROM the parent variant with the same inherited values.
+- ``${{ matrix.NAME }}`` and ``${{ spec.NAME }}`` are substituted in every string value; tag
+  templates may also use ``${{ versions.NAME }}``.
+- Version combinations are checked against ``compat``; an incompatible one is a spec error.
+- The digest is a SHA-256 over a canonical JSON form of the image plan (sorted keys, file
+  contents hashed) and the parent's digest: stable across runs, machines and key order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import shlex
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from hepml_images import compat
+from hepml_images.components import Inherited, Planned, TensorflowInstall, plan
+from hepml_images.errors import IncompatibleVersions, Problem, SpecError, UsageError
+from hepml_images.render import ir
+from hepml_images.spec import content as content_builder
+from hepml_images.spec import values
+from hepml_images.spec.load import did_you_mean
+from hepml_images.spec.schema import EXPRESSION
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from hepml_images.spec.load import SpecSet
+    from hepml_images.spec.model import Content, SpecFile
+
+#: Bump when the meaning of a plan changes without its data changing (forces rebuilds).
+DIGEST_FORMAT = 1
+#: Local repository prefix of the images this tool builds.
+LOCAL_PREFIX = "hepml"
+
+_EXPR = re.compile(EXPRESSION)
+_EXPR_PARTS = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z0-9_-]+)\s*\}\}")
+_NOT_SUBSTITUTED = ("name", "extends", "matrix", "tags", "publish")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolvedVariant:
+    """One concrete image to build."""
+
+    spec: str
+    source: str
+    matrix: tuple[tuple[str, str], ...]
+    #: matrix values plus the keys that `include` added: what `${{ matrix.* }}` sees
+    context: tuple[tuple[str, str], ...]
+    slug: str
+    content: Content
+    parent: ResolvedVariant | None
+    versions: tuple[tuple[str, str], ...]
+    tags: tuple[str, ...]
+    publish_tags: tuple[str, ...]
+    immutable_tags: tuple[str, ...]
+    plan: ir.ImagePlan
+    digest: str
+    inherited: Inherited
+
+    @property
+    def key(self) -> str:
+        """``spec:slug``, unique within a resolution."""
+        return f"{self.spec}:{self.slug}"
+
+    @property
+    def image(self) -> str:
+        """Local reference by variant, e.g. ``hepml/debian-tensorflow:cpu``."""
+        return f"{LOCAL_PREFIX}/{self.spec}:{self.slug}"
+
+    @property
+    def content_ref(self) -> str:
+        """Local reference by content digest; what children are built FROM."""
+        return content_ref(self.spec, self.digest)
+
+    @property
+    def version_map(self) -> dict[str, str]:
+        """Key versions as a dict."""
+        return dict(self.versions)
+
+
+def content_ref(spec: str, digest: str) -> str:
+    """Local image reference of a spec's variant with a given digest."""
+    return f"{LOCAL_PREFIX}/{spec}:{digest.removeprefix('sha256:')[:16]}"
+
+
+class _Problems:
+    """Collects problems with file and line, once each."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, int | None, str, str], Problem] = {}
+
+    def add(self, spec: SpecFile, path: str, message: str, hint: str | None = None) -> None:
+        problem = Problem(str(spec.path), spec.document.line(path), path, message, hint)
+        self.items.setdefault((problem.file, problem.line, problem.path, problem.message), problem)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise SpecError(list(self.items.values()))
+
+
+def _order(specs: Mapping[str, SpecFile], problems: _Problems) -> list[str]:
+    """Specs in dependency order; extends cycles are reported."""
+    state: dict[str, int] = {}
+    order: list[str] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:  # noqa: PLR2004
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name):], name]
+            for member in cycle[:-1]:
+                problems.add(specs[member], "extends", f"extends cycle: {' → '.join(cycle)}", "a spec cannot be built FROM itself, directly or through others")
+            return
+        state[name] = 1
+        parent = specs[name].data.get("extends")
+        if isinstance(parent, str) and parent in specs:
+            visit(parent, [*trail, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in sorted(specs):
+        visit(name, [])
+    return order
+
+
+def _substitute(value: Any, context: Mapping[str, str], report: content_builder.Report, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, context, report, f"{path}.{k}" if path else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, context, report, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${{" not in value:
+        return value
+
+    def replace_one(match: re.Match[str]) -> str:
+        ref = f"{match.group(1)}.{match.group(2)}"
+        if ref not in context:
+            known = sorted(context)
+            report(path, f"unknown expression ${{{{ {ref} }}}}", did_you_mean(ref, known) or f"known here: {', '.join(known)}")
+            return match.group(0)
+        return context[ref]
+
+    result = _EXPR_PARTS.sub(replace_one, value)
+    if "${{" in result and not _EXPR.search(value):
+        report(path, f"malformed expression in {value!r}", "write ${{ matrix.NAME }} or ${{ spec.NAME }}")
+    return result
+
+
+@dataclass(frozen=True)
+class _Axes:
+    names: tuple[str, ...]
+    values: dict[str, tuple[str, ...]]
+
+
+def _combinations(spec: SpecFile, parents: Sequence[ResolvedVariant | None], problems: _Problems) -> list[tuple[ResolvedVariant | None, dict[str, str], tuple[tuple[str, str], ...]]]:
+    """(parent variant, full matrix context, axis values) for each variant of ``spec``."""
+    matrix = spec.data.get("matrix") or {}
+    own = {k: tuple(v) for k, v in matrix.items() if k not in {"include", "exclude"}}
+    inherited_axes: dict[str, list[str]] = {}
+    for parent in parents:
+        if parent is not None:
+            for axis, value in parent.matrix:
+                inherited_axes.setdefault(axis, [])
+                if value not in inherited_axes[axis]:
+                    inherited_axes[axis].append(value)
+    narrowed: dict[str, tuple[str, ...]] = {}
+    new_axes: dict[str, tuple[str, ...]] = {}
+    for axis, axis_values in own.items():
+        if len(set(axis_values)) != len(axis_values):
+            problems.add(spec, f"matrix.{axis}", f"matrix axis {axis!r} lists a value twice")
+        if axis in inherited_axes:
+            unknown = [v for v in axis_values if v not in inherited_axes[axis]]
+            if unknown:
+                problems.add(spec, f"matrix.{axis}", f"{', '.join(map(repr, unknown))} not among the parent's values for {axis!r} ({', '.join(inherited_axes[axis])})", "a child can narrow an inherited axis, not extend it")
+            narrowed[axis] = axis_values
+        else:
+            new_axes[axis] = axis_values
+    all_axes = [*inherited_axes, *new_axes]
+
+    def check_entry(kind: str, index: int, entry: Mapping[str, str], *, axes_only: bool) -> bool:
+        ok = True
+        for key, value in entry.items():
+            if key in inherited_axes or key in new_axes:
+                known = inherited_axes.get(key) or list(new_axes.get(key, ()))
+                if value not in known:
+                    problems.add(spec, f"matrix.{kind}[{index}].{key}", f"{value!r} is not a value of axis {key!r} ({', '.join(known)})", did_you_mean(value, known))
+                    ok = False
+            elif axes_only:
+                problems.add(spec, f"matrix.{kind}[{index}].{key}", f"unknown matrix axis {key!r}", did_you_mean(key, all_axes) or f"axes: {', '.join(all_axes) or 'none'}")
+                ok = False
+        return ok
+
+    excludes = [e for i, e in enumerate(matrix.get("exclude", [])) if check_entry("exclude", i, e, axes_only=True)]
+    includes = matrix.get("include", [])
+    for i, e in enumerate(includes):
+        check_entry("include", i, e, axes_only=False)
+
+    results = []
+    for parent in parents:
+        base_ctx = dict(parent.matrix) if parent else {}
+        extra_ctx = dict(parent.context) if parent else {}
+        if any(base_ctx.get(axis) not in allowed for axis, allowed in narrowed.items()):
+            continue
+        for combo in itertools.product(*new_axes.values()):
+            axis_values = {**base_ctx, **dict(zip(new_axes, combo, strict=True))}
+            if any(all(axis_values.get(k) == v for k, v in e.items()) for e in excludes):
+                continue
+            ctx = {**extra_ctx, **axis_values}
+            for entry in includes:
+                matches = all(axis_values.get(k) == v for k, v in entry.items() if k in axis_values or k in all_axes)
+                if matches:
+                    ctx.update({k: v for k, v in entry.items() if k not in all_axes})
+            results.append((parent, ctx, tuple((axis, axis_values[axis]) for axis in all_axes)))
+    for i, entry in enumerate(includes):
+        if not any(all(ctx.get(k) == v for k, v in entry.items() if k in all_axes) for _, ctx, _ in results):
+            problems.add(spec, f"matrix.include[{i}]", "this include matches no variant", "check the axis values it names")
+    if not results and not problems.items:
+        problems.add(spec, "matrix", "the matrix leaves no variant (everything is excluded)")
+    return results
+
+
+def _slug(axis_values: tuple[tuple[str, str], ...]) -> str:
+    if not axis_values:
+        return "default"
+    return "-".join(v for _, v in axis_values)
+
+
+def canonical(obj: Any) -> Any:
+    """A JSON-ready canonical form: dataclasses as dicts, bytes as their SHA-256, sorted keys."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return canonical(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, bytes):
+        return {"sha256": hashlib.sha256(obj).hexdigest()}
+    return obj
+
+
+def digest_of(image_plan: ir.ImagePlan, parent_digest: str | None) -> str:
+    """Content digest of an image plan (smoke tests excluded: they do not change the image)."""
+    body = canonical(replace(image_plan, tests=()))
+    payload = json.dumps({"format": DIGEST_FORMAT, "parent": parent_digest, "plan": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _tensorflow(content: Content, inherited: Inherited, versions: dict[str, str], report: content_builder.Report) -> TensorflowInstall | None:
+    tf = content.components.tensorflow
+    if tf is None:
+        return None
+    python = content.components.python.version if content.components.python else versions.get("python")
+    if python is None:
+        report("components.tensorflow", "TensorFlow needs Python: add a `python` component here or in a parent spec")
+        return None
+    cuda = content.components.cuda
+    cuda_version = cuda.version if cuda else versions.get("cuda")
+    cudnn_version = (cuda.cudnn if cuda else None) or versions.get("cudnn")
+    try:
+        if tf.accelerator == "cuda" and cuda_version is not None:
+            config = compat.check_tensorflow(tf.version, python, cuda_version, cudnn_version)
+        else:
+            config = compat.check_tensorflow(tf.version, python)
+    except IncompatibleVersions as exc:
+        report("components.tensorflow.version", exc.message, exc.hint)
+        return None
+    pin = f"=={tf.version}" if tf.version.count(".") >= 2 else f"=={tf.version}.*"  # noqa: PLR2004
+    if tf.accelerator == "cpu":
+        return TensorflowInstall(requirement=f"{config.cpu_package}{pin}", cuda=None, cudnn=None)
+    if cuda is None and "cuda" not in versions:
+        if not config.and_cuda_extra:
+            report(
+                "components.tensorflow.accelerator",
+                f"TensorFlow {tf.version} has no `tensorflow[and-cuda]` extra to bring CUDA with it",
+                f"add a `cuda` component with source: system (TensorFlow {config.tensorflow} wants CUDA {config.cuda}, cuDNN {config.cudnn})",
+            )
+            return None
+        return TensorflowInstall(requirement=f"tensorflow[and-cuda]{pin}", cuda=config.cuda, cudnn=config.cudnn)
+    if cuda is not None and cuda.source == "pip":
+        return TensorflowInstall(requirement=f"tensorflow[and-cuda]{pin}", cuda=cuda.version, cudnn=cuda.cudnn or config.cudnn)
+    return TensorflowInstall(requirement=f"tensorflow{pin}", cuda=cuda_version, cudnn=cudnn_version)
+
+
+def _check_versions(content: Content, family: str, release: str | None, inherited: Inherited, report: content_builder.Report) -> None:
+    comps = content.components
+    if comps.python is not None and comps.python.source == "system" and release is not None:
+        try:
+            shipped = compat.distro_python(family, release)
+        except IncompatibleVersions:
+            shipped = ()
+        if shipped and comps.python.version not in shipped:
+            report(
+                "components.python.version",
+                f"Python {comps.python.version} is not packaged for {family} {release} (it ships {', '.join(shipped)})",
+                f"use version {shipped[-1]!r}, or `source: existing` with an interpreter the base image already has",
+            )
+    if comps.python is not None and inherited.python is not None:
+        report("components.python", f"the parent image already has a Python venv at {inherited.python.venv}", "install packages with the `pip` component instead")
+    if (comps.pip is not None) and comps.python is None and inherited.python is None:
+        report("components.pip", "pip needs Python: add a `python` component here or in a parent spec")
+    if comps.cuda is not None:
+        try:
+            compat.driver_requirement(comps.cuda.version)
+        except IncompatibleVersions as exc:
+            report("components.cuda.version", exc.message, exc.hint)
+        if comps.cuda.source == "pip" and (comps.tensorflow is None or comps.tensorflow.accelerator != "cuda"):
+            report("components.cuda.source", "CUDA from pip comes with `tensorflow` (accelerator: cuda) in the same spec", "use source: system or image")
+
+
+def _versions(content: Content, inherited: Inherited, family: str, release: str | None, tf: TensorflowInstall | None) -> dict[str, str]:
+    versions = dict(inherited.versions)
+    versions["family"] = family
+    if release:
+        versions["release"] = release
+    comps = content.components
+    if comps.analysisbase:
+        versions["analysisbase"] = comps.analysisbase.release
+    if comps.hdf5:
+        versions["hdf5"] = comps.hdf5.version or "distro"
+    if comps.python:
+        versions["python"] = comps.python.version
+    if comps.cuda:
+        versions["cuda"] = comps.cuda.version
+        if comps.cuda.cudnn:
+            versions["cudnn"] = comps.cuda.cudnn
+    if comps.tensorflow:
+        versions["tensorflow"] = comps.tensorflow.version
+        versions["accelerator"] = comps.tensorflow.accelerator
+        if tf is not None and tf.cuda:
+            versions["cuda"] = tf.cuda
+            if tf.cudnn:
+                versions["cudnn"] = tf.cudnn
+    if "cuda" in versions and comps.cuda:
+        versions["accelerator"] = "cuda"
+    return dict(sorted(versions.items()))
+
+
+def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Base:
+    if parent is not None:
+        return ir.FromParent(
+            spec=parent.spec,
+            slug=parent.slug,
+            digest=parent.digest,
+            ref=parent.content_ref,
+            sif=f"{parent.spec}_{parent.slug}.sif",
+        )
+    base = content.base
+    if base is None:  # pragma: no cover - the schema requires base or extends
+        raise AssertionError("spec without base or extends")
+    if hasattr(base, "suite"):
+        argv = (
+            "mmdebstrap",
+            f"--variant={base.variant}",
+            f"--components={','.join(base.components)}",
+            *((f"--include={','.join(sorted(base.packages))}",) if base.packages else ()),
+            "--aptopt=Acquire::Check-Valid-Until \"false\"",
+            "--customize-hook=rm -rf \"$1/var/cache/apt\"/*.bin \"$1/var/lib/apt/lists\"/* \"$1/var/log\"/*.log",
+            base.suite,
+            "rootfs.tar",
+            base.mirror,
+        )
+        del slug
+        return ir.FromBootstrap(
+            suite=base.suite,
+            variant=base.variant,
+            mirror=base.mirror,
+            components=base.components,
+            packages=tuple(sorted(base.packages)),
+            argv=argv,
+            rootfs="rootfs.tar",
+        )
+    ref = base.image + (f"@{base.digest}" if base.digest else "")
+    return ir.FromImage(ref=ref)
+
+
+def _expand_tags(spec: SpecFile, templates: Iterable[str], context: Mapping[str, str], path: str, report: content_builder.Report) -> tuple[str, ...]:
+    out: list[str] = []
+    for index, template in enumerate(templates):
+        text = _substitute(template, context, report, f"{path}[{index}]")
+        try:
+            out.append(values.tag(text))
+        except values.ValueProblem as exc:
+            if "${{" not in text:
+                report(f"{path}[{index}]", exc.message, exc.hint)
+    del spec
+    return tuple(dict.fromkeys(out))
+
+
+def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
+    """Resolve every spec of the set into variants, parents first."""
+    problems = _Problems()
+    specs = specset.specs
+    order = _order(specs, problems)
+    problems.raise_if_any()
+    done: dict[str, list[ResolvedVariant]] = {}
+    result: list[ResolvedVariant] = []
+    for name in order:
+        spec = specs[name]
+        parent_name = spec.data.get("extends")
+        if isinstance(parent_name, str):
+            parents: list[ResolvedVariant | None] = list(done.get(parent_name, []))
+            if not parents:
+                continue  # the parent failed; its problems are reported
+        else:
+            parents = [None]
+        variants = []
+        for parent, ctx, axis_values in _combinations(spec, parents, problems):
+            variant = _resolve_one(spec, parent, ctx, axis_values, problems)
+            if variant is not None:
+                variants.append(variant)
+        slugs = [v.slug for v in variants]
+        if len(set(slugs)) != len(slugs):
+            problems.add(spec, "matrix", "two variants get the same name; matrix values must differ between axes")
+        done[name] = variants
+        result.extend(variants)
+    problems.raise_if_any()
+    return tuple(result)
+
+
+def _resolve_one(
+    spec: SpecFile,
+    parent: ResolvedVariant | None,
+    ctx: dict[str, str],
+    axis_values: tuple[tuple[str, str], ...],
+    problems: _Problems,
+) -> ResolvedVariant | None:
+    slug = _slug(axis_values)
+    label = f" (variant {slug})" if axis_values else ""
+
+    def report(path: str, message: str, hint: str | None = None) -> None:
+        problems.add(spec, path, message + label if "${{" in str(_raw_at(spec.data, path)) else message, hint)
+
+    for axis, value in axis_values:
+        try:
+            values.word(value, "matrix value")
+        except values.ValueProblem as exc:
+            problems.add(spec, f"matrix.{axis}", exc.message, exc.hint)
+            return None
+    data = spec.data
+    context = {f"matrix.{k}": v for k, v in ctx.items()}
+    context.update({"spec.name": str(data["name"]), "spec.version": str(data.get("version", "0.1.0"))})
+    substituted = {k: (v if k in _NOT_SUBSTITUTED else _substitute(v, context, report, k)) for k, v in data.items()}
+    inherited = parent.inherited if parent else None
+    content = content_builder.build(substituted, family=inherited.family if inherited else None, attachments=spec.attachments, report=report)
+    if content is None:
+        return None
+    if inherited is None:
+        base = content.base
+        family = base.family if base is not None else "debian"
+        release = base.suite if base is not None and hasattr(base, "suite") else getattr(base, "release", None)
+        inherited = Inherited(family=family, release=release)
+    before = len(problems.items)
+    _check_versions(content, inherited.family, inherited.release, inherited, report)
+    tf = _tensorflow(content, inherited, dict(inherited.versions), report)
+    if len(problems.items) > before:
+        return None
+    versions = _versions(content, inherited, inherited.family, inherited.release, tf)
+    base = _base(content, parent, slug)
+    planned: Planned = plan(content, parent=inherited, base=base, tensorflow=tf, versions=tuple(versions.items()))
+    labels = (
+        *content.labels,
+        ("io.hepml.spec", content.name),
+        ("io.hepml.variant", slug),
+        *((f"io.hepml.version.{k}", v) for k, v in versions.items()),
+    )
+    image_plan = ir.ImagePlan(
+        name=content.name,
+        slug=slug,
+        help=content.description,
+        base=base,
+        family=inherited.family,
+        inherited_env=inherited.env,
+        inherited_workdir=inherited.workdir,
+        steps=planned.steps,
+        entrypoint=_entrypoint(content, planned),
+        cmd=_cmd(content, base),
+        labels=tuple(sorted(dict(labels).items())),
+        tests=planned.inherited.tests,
+        context=tuple(sorted(planned.context, key=lambda f: f.name)),
+    )
+    digest = digest_of(image_plan, parent.digest if parent else None)
+    image_plan = replace(image_plan, labels=tuple(sorted({**dict(image_plan.labels), "io.hepml.digest": digest}.items())))
+    tag_context = {**context, **{f"versions.{k}": v for k, v in versions.items()}, "spec.digest": digest.split(":", 1)[1][:12]}
+    tags = _expand_tags(spec, content.tags or (slug,), tag_context, "tags", report)
+    publish_tags = _expand_tags(spec, content.publish.tags, tag_context, "publish.tags", report) if content.publish.tags else tags
+    immutable = _expand_tags(spec, content.publish.immutable, tag_context, "publish.immutable", report)
+    return ResolvedVariant(
+        spec=content.name,
+        source=str(spec.path),
+        matrix=axis_values,
+        context=tuple(sorted(ctx.items())),
+        slug=slug,
+        content=content,
+        parent=parent,
+        versions=tuple(versions.items()),
+        tags=tags,
+        publish_tags=publish_tags,
+        immutable_tags=immutable,
+        plan=image_plan,
+        digest=digest,
+        inherited=planned.inherited,
+    )
+
+
+def _cmd(content: Content, base: ir.Base) -> tuple[str, ...] | None:
+    if content.cmd is not None:
+        return content.cmd
+    if content.components.analysisbase is not None or isinstance(base, ir.FromBootstrap):
+        return ("/bin/bash",)
+    return None
+
+
+def _entrypoint(content: Content, planned: Planned) -> tuple[str, ...] | None:
+    if content.entrypoint is not None:
+        return content.entrypoint
+    if content.components.analysisbase is not None:
+        return planned.inherited.wrapper
+    return None
+
+
+def _raw_at(data: Mapping[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            node = node[index] if isinstance(node, list) and index < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def select(variants: Sequence[ResolvedVariant], spec_names: Sequence[str], selection: Sequence[str]) -> tuple[ResolvedVariant, ...]:
+    """The variants of ``spec_names`` matching every ``KEY=VALUE`` in ``selection``."""
+    wanted: dict[str, str] = {}
+    for item in selection:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--variant {item!r} is not KEY=VALUE", hint="for example --variant accelerator=cpu")
+        wanted[key.strip()] = value.strip()
+    chosen = [v for v in variants if v.spec in spec_names]
+    axes = {axis for v in chosen for axis, _ in v.matrix}
+    for key, value in wanted.items():
+        if key not in axes:
+            hint = did_you_mean(key, axes) or (f"matrix axes: {', '.join(sorted(axes))}" if axes else "these specs have no matrix")
+            raise UsageError(f"unknown matrix key {key!r} in --variant {key}={value}", hint=hint)
+        known = sorted({val for v in chosen for axis, val in v.matrix if axis == key})
+        if value not in known:
+            raise UsageError(f"no variant has {key}={value}", hint=did_you_mean(value, known) or f"values of {key}: {', '.join(known)}")
+    picked = tuple(v for v in chosen if all(dict(v.matrix).get(k, val) == val for k, val in wanted.items()))
+    if not picked:
+        raise UsageError(f"no variant matches {' '.join(selection)}", hint="run `hepml-images list` to see the variants")
+    return picked
+
+
+def shell_words(argv: Sequence[str]) -> str:
+    """Quote an argv for display."""
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,275 @@
+"""One variant's substituted spec data → checked ``Content``. Pure.
+
+The data has passed the schema, so its shape is right; this module checks the values (package
+names, versions, paths, environment, labels …) and fills in defaults that depend on the
+distribution family. Problems are reported through ``report(path, message, hint)``; the caller
+adds file and line.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from hepml_images.spec import model, values
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+T = TypeVar("T")
+
+
+class Report(Protocol):
+    """Where problems go."""
+
+    def __call__(self, path: str, message: str, hint: str | None = None) -> None:
+        """Record one problem at key path ``path``."""
+
+
+def _flag(value: Any, default: bool) -> bool:  # noqa: FBT001
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() in {"true", "yes", "1", "on"}
+
+
+class _Checker:
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.failed = False
+
+    def check(self, path: str, rule: Callable[[str], T], value: str) -> T | None:
+        try:
+            return rule(value)
+        except values.ValueProblem as exc:
+            self.report(path, exc.message, exc.hint)
+            self.failed = True
+            return None
+
+    def many(self, path: str, rule: Callable[[str], str], items: list[str]) -> tuple[str, ...]:
+        out = []
+        for index, item in enumerate(items):
+            checked = self.check(f"{path}[{index}]", rule, item)
+            if checked is not None:
+                out.append(checked)
+        return tuple(out)
+
+
+def default_interpreter(family: model.Family, version: str) -> str:
+    """The interpreter command a distribution installs for Python ``version``."""
+    if family == "el9" and version != "3.9":
+        return f"python{version}"
+    return "python3"
+
+
+def build(  # noqa: C901, PLR0912, PLR0915
+    data: Mapping[str, Any],
+    *,
+    family: model.Family | None,
+    attachments: Mapping[str, bytes],
+    report: Report,
+) -> model.Content | None:
+    """Check every value of one variant's data and build its ``Content`` (None on problems)."""
+    c = _Checker(report)
+    base: model.ImageBase | model.Bootstrap | None = None
+    raw_base = data.get("base")
+    if isinstance(raw_base, dict) and "bootstrap" in raw_base:
+        b = raw_base["bootstrap"]
+        mirror = c.check("base.bootstrap.mirror", lambda v: values.url(v, "mirror"), b.get("mirror", "http://deb.debian.org/debian"))
+        base = model.Bootstrap(
+            distro="debian",
+            suite=c.check("base.bootstrap.suite", values.suite, b["suite"]) or "",
+            variant=b.get("variant", "minbase"),
+            mirror=mirror or "",
+            components=c.many("base.bootstrap.components", lambda v: values.word(v, "component"), b.get("components", ["main"])),
+            packages=c.many("base.bootstrap.packages", lambda v: values.package(v, "debian"), b.get("packages", [])),
+        )
+        family = "debian"
+    elif isinstance(raw_base, dict):
+        fam = cast("model.Family", raw_base["family"])
+        if fam not in {"el7", "el9", "debian", "ubuntu"}:
+            report("base.family", f"expected one of el7, el9, debian, ubuntu; got {fam!r}")
+            return None
+        release = raw_base.get("release")
+        base = model.ImageBase(
+            image=c.check("base.image", values.image_ref, raw_base["image"]) or "",
+            digest=c.check("base.digest", values.image_digest, raw_base["digest"]) if raw_base.get("digest") else None,
+            family=fam,
+            release=c.check("base.release", lambda v: values.word(v, "release"), release) if release else None,
+        )
+        family = fam
+    if family is None:  # the parent failed; its problems are reported already
+        return None
+
+    comps = {
+        name: options
+        for name, options in (data.get("components") or {}).items()
+        if _flag((options or {}).get("enabled"), default=True)
+    }
+    system_packages = None
+    if "system-packages" in comps:
+        system_packages = model.SystemPackages(
+            packages=c.many("components.system-packages.packages", lambda v: values.package(v, family), comps["system-packages"]["packages"])
+        )
+    hdf5 = None
+    if "hdf5" in comps:
+        raw = comps["hdf5"] or {}
+        version = raw.get("version")
+        hdf5 = model.Hdf5(version=c.check("components.hdf5.version", lambda v: values.release(v, "HDF5 version"), version) if version else None)
+    python = None
+    if "python" in comps:
+        raw = comps["python"]
+        version = c.check("components.python.version", lambda v: values.major_minor(v, "Python version"), raw["version"]) or "3"
+        source = raw.get("source", "system")
+        interpreter = raw.get("interpreter") or default_interpreter(family, version)
+        if not interpreter.startswith("/"):
+            interpreter = c.check("components.python.interpreter", lambda v: values.word(v, "interpreter"), interpreter) or "python3"
+        else:
+            interpreter = c.check("components.python.interpreter", lambda v: values.abs_path(v, "interpreter"), interpreter) or "python3"
+        python = model.Python(
+            version=version,
+            source=source,
+            interpreter=interpreter,
+            venv=c.check("components.python.venv", lambda v: values.abs_path(v, "venv"), raw.get("venv", "/opt/venv")) or "/opt/venv",
+            system_site_packages=_flag(raw.get("system-site-packages"), default=False),
+        )
+    pip = None
+    if "pip" in comps:
+        raw = comps["pip"] or {}
+        file = raw.get("file")
+        require_hashes = _flag(raw.get("require-hashes"), default=False)
+        reqs = c.many("components.pip.requirements", values.requirement, raw.get("requirements", []))
+        content = attachments.get(file) if file else None
+        if not file and not reqs:
+            report("components.pip", "pip needs `requirements:` or `file:`")
+            c.failed = True
+        if require_hashes and not file:
+            report("components.pip.require-hashes", "require-hashes needs a hash-locked requirements `file:`", "lock one with `uv pip compile --generate-hashes`")
+            c.failed = True
+        if require_hashes and reqs:
+            report("components.pip.requirements", "inline requirements cannot be combined with require-hashes", "put every requirement, with hashes, in the lock file")
+            c.failed = True
+        if require_hashes and content is not None:
+            unhashed = _unhashed_requirements(content)
+            if unhashed:
+                report(
+                    "components.pip.file",
+                    f"{file} is not hash-locked: no --hash for {', '.join(unhashed[:3])}" + (" …" if len(unhashed) > 3 else ""),
+                    "lock it with `uv pip compile --generate-hashes` or `pip-compile --generate-hashes`",
+                )
+                c.failed = True
+        index_url = raw.get("index-url")
+        pip = model.Pip(
+            requirements=reqs,
+            file=file,
+            file_content=content,
+            require_hashes=require_hashes,
+            index_url=c.check("components.pip.index-url", lambda v: values.url(v, "index-url"), index_url) if index_url else None,
+        )
+    tensorflow = None
+    if "tensorflow" in comps:
+        raw = comps["tensorflow"]
+        tensorflow = model.Tensorflow(
+            version=c.check("components.tensorflow.version", lambda v: values.release(v, "TensorFlow version"), raw["version"]) or "0",
+            accelerator=raw["accelerator"],
+        )
+        if raw["accelerator"] not in {"cpu", "cuda"}:
+            report("components.tensorflow.accelerator", f"expected cpu or cuda, got {raw['accelerator']!r}")
+            c.failed = True
+    cuda = None
+    if "cuda" in comps:
+        raw = comps["cuda"]
+        cudnn = raw.get("cudnn")
+        cuda = model.Cuda(
+            version=c.check("components.cuda.version", lambda v: values.major_minor(v, "CUDA version"), raw["version"]) or "0.0",
+            cudnn=c.check("components.cuda.cudnn", lambda v: values.major_minor(v, "cuDNN version"), cudnn) if cudnn else None,
+            source=raw.get("source", "system"),
+        )
+    analysisbase = None
+    if "analysisbase" in comps:
+        raw = comps["analysisbase"]
+        analysisbase = model.AnalysisBase(
+            release=c.check("components.analysisbase.release", lambda v: values.release(v, "AnalysisBase release"), raw["release"]) or "0",
+            setup=c.check("components.analysisbase.setup", lambda v: values.abs_path(v, "setup"), raw.get("setup", "/release_setup.sh")) or "/",
+        )
+
+    env = []
+    for key, value in sorted((data.get("env") or {}).items()):
+        name = c.check(f"env.{key}", values.env_name, key)
+        checked = c.check(f"env.{key}", values.env_value, value)
+        if name is not None and checked is not None:
+            env.append((name, checked))
+    labels = []
+    for key, value in sorted((data.get("labels") or {}).items()):
+        name = c.check(f"labels.{key}", values.label_key, key)
+        checked = c.check(f"labels.{key}", values.label_value, value)
+        if name is not None and checked is not None:
+            labels.append((name, checked))
+    files = []
+    for index, item in enumerate(data.get("files") or []):
+        dest = c.check(f"files[{index}].dest", lambda v: values.abs_path(v, "dest"), item["dest"])
+        mode = c.check(f"files[{index}].mode", values.file_mode, item["mode"]) if item.get("mode") else None
+        if dest is not None and item["src"] in attachments:
+            files.append(model.FileCopy(src=item["src"], dest=dest, mode=mode, content=attachments[item["src"]]))
+    smoke = []
+    for index, item in enumerate(data.get("smoke") or []):
+        run = item if isinstance(item, str) else item["run"]
+        name = item.get("name", run) if isinstance(item, dict) else run
+        checked = c.check(f"smoke[{index}]", values.smoke_command, run)
+        if checked is not None:
+            smoke.append(model.SmokeTest(name=name, run=checked))
+    workdir = data.get("workdir")
+    user = data.get("user")
+    publish = data.get("publish") or {}
+    singularity = data.get("singularity") or {}
+    gpu = (data.get("gpu") or {}).get("check", "auto")
+    version = c.check("version", values.spec_version, data.get("version", "0.1.0")) or "0.1.0"
+    result = model.Content(
+        name=data["name"],
+        description=str(data.get("description", "")).strip(),
+        version=version,
+        extends=data.get("extends"),
+        base=base,
+        components=model.Components(
+            system_packages=system_packages,
+            hdf5=hdf5,
+            python=python,
+            pip=pip,
+            tensorflow=tensorflow,
+            cuda=cuda,
+            analysisbase=analysisbase,
+        ),
+        env=tuple(env),
+        files=tuple(files),
+        workdir=c.check("workdir", lambda v: values.abs_path(v, "workdir"), workdir) if workdir else None,
+        user=c.check("user", lambda v: values.word(v, "user"), user) if user else None,
+        entrypoint=tuple(data["entrypoint"]) if data.get("entrypoint") is not None else None,
+        cmd=tuple(data["cmd"]) if data.get("cmd") is not None else None,
+        labels=tuple(labels),
+        tags=tuple(data.get("tags") or ()),
+        smoke=tuple(smoke),
+        gpu=gpu,
+        publish=model.Publish(
+            repositories=c.many("publish.repositories", values.repository, publish.get("repositories", [])),
+            tags=tuple(publish.get("tags", ())),
+            immutable=tuple(publish.get("immutable", ())),
+        ),
+        singularity=model.Singularity(
+            sif=_flag(singularity.get("sif"), default=True),
+            sandbox=_flag(singularity.get("sandbox"), default=False),
+        ),
+    )
+    return None if c.failed else result
+
+
+def _unhashed_requirements(content: bytes) -> list[str]:
+    """Requirement lines of a requirements file that carry no ``--hash``."""
+    text = content.decode("utf-8", errors="replace").replace("\\\n", " ")
+    missing = []
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line.strip()
+        if not stripped or stripped.startswith("-"):
+            continue
+        if "--hash=" not in line:
+            missing.append(stripped.split()[0])
+    return missing

@@ -1,0 +1,343 @@
+"""Spec files on disk → ``SpecFile`` objects. The only module that reads spec files.
+
+Input: SPEC arguments (a path to a YAML file or the name of a spec in a search directory).
+Output: a ``SpecSet`` holding every named spec and, transitively, the specs they extend.
+Every problem found is collected and raised together as one ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from hepml_images.errors import Problem, SpecError
+from hepml_images.spec import yamlload
+from hepml_images.spec.model import SpecFile
+from hepml_images.spec.schema import EXPRESSION, SPEC_SCHEMA
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+_VALIDATOR = jsonschema.Draft202012Validator(SPEC_SCHEMA)
+SUFFIXES = (".yaml", ".yml")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """Return a "did you mean …?" hint for a misspelt word, or None."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+@dataclass(frozen=True)
+class SpecSet:
+    """Specs by name, plus the names the user asked for (in the order asked)."""
+
+    specs: dict[str, SpecFile]
+    requested: tuple[str, ...]
+
+
+def _schema_at(path: Sequence[str | int]) -> dict[str, Any]:
+    """The sub-schema that describes the value at ``path`` (best effort, for hints)."""
+    node: dict[str, Any] = SPEC_SCHEMA
+    for key in path:
+        if isinstance(key, int):
+            node = node.get("items", {})
+            continue
+        props = node.get("properties", {})
+        if key in props:
+            node = props[key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return {}
+    return node
+
+
+def _key_path(parts: Iterable[str | int]) -> str:
+    path = ""
+    for part in parts:
+        path = yamlload.join(path, part)
+    return path
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "object": "a mapping (key: value)",
+    "array": "a list",
+    "boolean": "true or false",
+    "integer": "an integer",
+}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r}"
+
+
+def _schema_problems(spec: SpecFile | Any, data: Any, filename: str, document: yamlload.Document) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        problems.extend(_translate(error, filename, document))
+    del spec
+    # one message per place is enough
+    unique: dict[tuple[int | None, str, str], Problem] = {}
+    for problem in problems:
+        unique.setdefault((problem.line, problem.path, problem.message), problem)
+    return list(unique.values())
+
+
+def _translate(error: jsonschema.ValidationError, filename: str, document: yamlload.Document) -> list[Problem]:
+    parts = list(error.absolute_path)
+    path = _key_path(parts)
+    line = document.line(path)
+
+    def problem(message: str, hint: str | None = None, at: str | None = None) -> Problem:
+        where = path if at is None else at
+        return Problem(filename, document.line(where) if at else line, where, message, hint)
+
+    validator = error.validator
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        out = []
+        for key in sorted(set(error.instance) - allowed):
+            what = "component" if path == "components" else "key"
+            out.append(problem(f"unknown {what} {key!r}", did_you_mean(key, allowed) or f"allowed: {', '.join(sorted(allowed))}", yamlload.join(path, key)))
+        return out
+    if validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return [problem(f"missing required key {missing!r}")]
+    if validator == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+        return [problem(f"expected {wanted}, got {_type_name(error.instance)}")]
+    if validator == "enum":
+        choices = [str(c) for c in error.validator_value]
+        return [problem(f"expected one of {', '.join(choices)}; got {error.instance!r}", did_you_mean(str(error.instance), choices))]
+    if validator == "anyOf":
+        enum = next((b["enum"] for b in error.validator_value if "enum" in b), None)
+        if enum is not None and isinstance(error.instance, str):
+            return [problem(f"expected one of {', '.join(enum)}; got {error.instance!r}", did_you_mean(error.instance, enum))]
+        types = [b.get("type") for b in error.validator_value if "type" in b]
+        if "boolean" in types:
+            return [problem(f"expected true or false, got {_type_name(error.instance)}")]
+        if isinstance(error.instance, (dict, list)) or error.instance is None or isinstance(error.instance, bool):
+            return [problem(f"expected a string or a mapping, got {_type_name(error.instance)}")]
+        return [problem(error.message)]
+    if validator == "oneOf":
+        if path == "" and isinstance(error.instance, dict):
+            both = "base" in error.instance and "extends" in error.instance
+            if both:
+                return [problem("a spec has either `base` or `extends`, not both", "a spec built FROM another spec's image takes its base from that spec")]
+            return [problem("a spec needs `base` (an image or a bootstrap) or `extends` (another spec)")]
+        if path == "base" and isinstance(error.instance, dict):
+            branch = 1 if "bootstrap" in error.instance else 0
+            if "bootstrap" in error.instance and set(error.instance) - {"bootstrap"}:
+                extra = sorted(set(error.instance) - {"bootstrap"})
+                return [problem(f"`base.bootstrap` cannot be combined with {', '.join(extra)}", "use either `image:` + `family:` or `bootstrap:`")]
+            sub = jsonschema.Draft202012Validator(error.validator_value[branch])
+            out = []
+            for inner in sub.iter_errors(error.instance):
+                inner.path.extendleft(reversed(parts))
+                out.extend(_translate(_rebase(inner, parts), filename, document))
+            return out or [problem(error.message)]
+        return [problem(f"expected {_type_name(error.instance)} to be a string or a mapping")]
+    if validator == "pattern":
+        if path == "name":
+            return [problem(f"spec name {error.instance!r} may contain only lower-case letters, digits and dashes", "it is also the image repository name")]
+        return [problem(f"{error.instance!r} does not match the expected form")]
+    if validator == "propertyNames":
+        return [problem(f"matrix axis name {error.instance!r} must be lower-case letters, digits and _")]
+    if validator == "minItems":
+        return [problem("the list must not be empty")]
+    return [problem(error.message)]
+
+
+def _rebase(error: jsonschema.ValidationError, parts: list[str | int]) -> jsonschema.ValidationError:
+    """Make ``absolute_path`` of an error found in a sub-validation include the outer path."""
+    error.relative_path.clear()
+    error.relative_path.extend(parts)
+    error.relative_path.extend(list(error.path)[len(parts):])
+    return error
+
+
+def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
+    """Read, parse and schema-check one spec file, and read the files it refers to."""
+    filename = str(path)
+    if path.is_dir():
+        raise SpecError([Problem(filename, None, "", "is a directory, not a spec file", "give a .yaml file, or use `--specs DIR` with `list`")])
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError([Problem(filename, None, "", "no such file")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(filename, None, "", f"cannot read the file: {exc.strerror}")]) from None
+    try:
+        document = yamlload.parse(raw, filename)
+    except yamlload.YamlProblem as exc:
+        raise SpecError([exc.problem]) from None
+    data = document.data
+    if not isinstance(data, dict):
+        raise SpecError([Problem(filename, document.line(""), "", f"a spec is a mapping of keys (name:, base: …), got {_type_name(data)}")])
+    problems = _schema_problems(None, data, filename, document)
+    name = data.get("name")
+    spec = SpecFile(
+        name=name if isinstance(name, str) else path.stem,
+        path=path,
+        data=data,
+        document=document,
+        attachments={},
+        shipped=shipped,
+    )
+    if not problems:
+        problems.extend(_read_attachments(spec))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _attachment_paths(data: dict[str, Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    pip = data.get("components", {}).get("pip") or {}
+    if isinstance(pip.get("file"), str):
+        found.append(("components.pip.file", pip["file"]))
+    for index, item in enumerate(data.get("files", []) or []):
+        found.append((f"files[{index}].src", item["src"]))
+    return found
+
+
+def _read_attachments(spec: SpecFile) -> list[Problem]:
+    import re
+
+    from hepml_images.spec import values
+
+    problems: list[Problem] = []
+    filename = str(spec.path)
+    for key, rel in _attachment_paths(spec.data):
+        line = spec.document.line(key)
+        if re.search(EXPRESSION, rel):
+            problems.append(Problem(filename, line, key, "file paths cannot use ${{ }} expressions", "list each file explicitly"))
+            continue
+        try:
+            values.rel_path(rel, "file")
+        except values.ValueProblem as exc:
+            problems.append(Problem(filename, line, key, exc.message, exc.hint))
+            continue
+        target = spec.path.parent / rel
+        try:
+            spec.attachments[rel] = target.read_bytes()
+        except IsADirectoryError:
+            problems.append(Problem(filename, line, key, f"{rel!r} is a directory; list files one by one"))
+        except OSError as exc:
+            problems.append(Problem(filename, line, key, f"cannot read {rel!r} (next to the spec): {exc.strerror}"))
+    return problems
+
+
+def shipped_dir() -> Path:
+    """The directory of the specs shipped with the tool (in the wheel or the checkout)."""
+    from hepml_images.resources import data_path
+
+    return data_path("specs")
+
+
+def _spec_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+
+
+def _looks_like_path(arg: str) -> bool:
+    return arg.endswith(SUFFIXES) or "/" in arg or Path(arg).exists()
+
+
+def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
+    """Load the named specs and every spec they extend.
+
+    A SPEC argument is a path to a YAML file or the name of a spec found in ``search`` (and then
+    the shipped specs). A parent named by ``extends`` is looked up beside its child first.
+    """
+    problems: list[Problem] = []
+    specs: dict[str, SpecFile] = {}
+    requested: list[str] = []
+    directories = [*search, shipped_dir()]
+    index_cache: dict[Path, dict[str, Path]] = {}
+
+    def index(directory: Path) -> dict[str, Path]:
+        if directory not in index_cache:
+            found: dict[str, Path] = {}
+            if directory.is_dir():
+                for path in _spec_files(directory):
+                    found.setdefault(path.stem, path)
+            index_cache[directory] = found
+        return index_cache[directory]
+
+    def add(path: Path) -> SpecFile | None:
+        resolved = path.resolve()
+        for existing in specs.values():
+            if existing.path.resolve() == resolved:
+                return existing
+        try:
+            spec = read_spec(path, shipped=path.parent.resolve() == shipped_dir().resolve())
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            return None
+        other = specs.get(spec.name)
+        if other is not None:
+            problems.append(
+                Problem(str(path), spec.document.line("name"), "name", f"duplicate spec name {spec.name!r}: also defined in {other.path}", "every spec needs its own name")
+            )
+            return None
+        specs[spec.name] = spec
+        return spec
+
+    pending: list[SpecFile] = []
+    for arg in arguments:
+        if _looks_like_path(arg):
+            spec = add(Path(arg))
+        else:
+            hits = [d for d in directories if arg in index(d)]
+            if not hits:
+                names = sorted({n for d in directories for n in index(d)})
+                problems.append(Problem(arg, None, "", f"no spec file or shipped spec named {arg!r}", did_you_mean(arg, names) or "run `hepml-images list` to see the shipped specs"))
+                continue
+            spec = add(index(hits[0])[arg])
+        if spec is not None:
+            requested.append(spec.name)
+            pending.append(spec)
+
+    while pending:
+        spec = pending.pop()
+        parent = spec.data.get("extends")
+        if not isinstance(parent, str) or parent in specs:
+            continue
+        candidates = [spec.path.parent, *directories]
+        hit = next((d for d in candidates if parent in index(d)), None)
+        if hit is None:
+            siblings = sorted({n for d in candidates for n in index(d)})
+            problems.append(Problem(str(spec.path), spec.document.line("extends"), "extends", f"parent spec {parent!r} not found (looked beside this file and in the shipped specs)", did_you_mean(parent, siblings)))
+            continue
+        loaded = add(index(hit)[parent])
+        if loaded is not None:
+            if loaded.name != parent:
+                problems.append(Problem(str(loaded.path), loaded.document.line("name"), "name", f"file {loaded.path.name} is named {loaded.name!r}, but {spec.name!r} extends it as {parent!r}", "a spec's file name should match its name"))
+            pending.append(loaded)
+
+    if problems:
+        raise SpecError(problems)
+    return SpecSet(specs, tuple(dict.fromkeys(requested)))
+
+
+def load_directory(directory: Path) -> SpecSet:
+    """Load every spec in a directory (for `list --specs DIR`)."""
+    if not directory.is_dir():
+        raise SpecError([Problem(str(directory), None, "", "not a directory")])
+    return load([str(p) for p in _spec_files(directory)], search=[directory])
