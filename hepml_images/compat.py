@@ -1,5 +1,3 @@
-# Copyright 2026 hepml-images developers
-# SPDX-License-Identifier: Apache-2.0
 """Version compatibility tables and the checks built on them.
 
 This module is pure data plus checks: it reads no files, asks no network and keeps no mutable

@@ -353,7 +353,6 @@ def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Bas
             slug=parent.slug,
             digest=parent.digest,
             ref=parent.content_ref,
-            sif=f"{parent.spec}_{parent.slug}.sif",
         )
     base = content.base
     if base is None:  # pragma: no cover - the schema requires base or extends

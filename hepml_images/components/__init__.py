@@ -121,10 +121,13 @@ def _cuda_system(content: Content, family: Family, release: str | None) -> tuple
     if cuda.cudnn is not None:
         major = cuda.cudnn.split(".", 1)[0]
         cuda_major = cuda.version.split(".", 1)[0]
-        if family in {"debian", "ubuntu"}:
-            libs.append("libcudnn8" if major == "8" else f"libcudnn{major}-cuda-{cuda_major}")
+        if major != "8":
+            libs.append(f"libcudnn{major}-cuda-{cuda_major}")
+        elif family in {"debian", "ubuntu"}:
+            libs.append("libcudnn8")
         else:
-            libs.append("libcudnn8" if major == "8" else f"libcudnn{major}-cuda-{cuda_major}")
+            # yum/dnf match the glob themselves: the newest 8.x build of this cuDNN minor
+            libs.append(f"libcudnn8-{cuda.cudnn}.*")
     if family in {"debian", "ubuntu"}:
         keyring = f"{base}/cuda-keyring_1.1-1_all.deb"
         return (
@@ -186,6 +189,8 @@ def plan(
             "#!/bin/bash\n"
             "# Set up the ATLAS AnalysisBase release environment, then run the command.\n"
             f"source {shlex.quote(comps.analysisbase.setup)}\n"
+            "# The release setup puts its own directories first; a venv goes before them again.\n"
+            'if [ -n "${VIRTUAL_ENV:-}" ]; then PATH="$VIRTUAL_ENV/bin:$PATH"; export PATH; fi\n'
             'exec "$@"\n'
         )
         out.context.append(ir.ContextFile(name="hepml-entrypoint.sh", content=script.encode(), mode=0o755))

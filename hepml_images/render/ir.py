@@ -54,7 +54,6 @@ class FromParent:
     slug: str
     digest: str
     ref: str
-    sif: str
 
 
 Base: TypeAlias = FromImage | FromBootstrap | FromParent

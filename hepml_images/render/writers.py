@@ -10,8 +10,8 @@ Where Docker and Apptainer differ, this module decides, once:
 - ``COPY`` becomes ``%files`` (Apptainer copies files before ``%post``; modes are set again).
 - ``USER`` applies to Docker only: Apptainer runs as the calling user.
 - A bootstrapped base is ``FROM scratch`` + the mmdebstrap tarball for Docker and the
-  ``debootstrap`` agent for Apptainer; a parent spec is its content-addressed image for Docker and
-  its SIF (``localimage``) for Apptainer.
+  ``debootstrap`` agent for Apptainer; a parent spec is its content-addressed image for both
+  (``FROM`` and ``docker-daemon``), so a child is built on exactly the parent that was tested.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def test_python_range_boundaries(python: str, accepted: bool) -> None:  # noqa: 
     if accepted:
         assert check_tensorflow("2.17", python).tensorflow == "2.17"
     else:
-        with pytest.raises(IncompatibleVersions, match="tested: 3.9"):
+        with pytest.raises(IncompatibleVersions, match=r"tested: 3\.9"):
             check_tensorflow("2.17", python)
 
 
@@ -176,7 +176,7 @@ def test_cuda_mismatch_names_both_and_suggests() -> None:
 
 def test_cuda_is_compared_on_major_minor_only() -> None:
     assert check_tensorflow("2.18", "3.12", cuda="12.5.1").cuda == "12.5"
-    with pytest.raises(IncompatibleVersions, match="CUDA 12.4"):
+    with pytest.raises(IncompatibleVersions, match=r"CUDA 12\.4"):
         check_tensorflow("2.18", "3.12", cuda="12.4.1")
 
 
@@ -191,13 +191,13 @@ def test_cudnn_major_must_match() -> None:
 
 
 def test_cudnn_minor_must_not_be_older_than_tested() -> None:
-    with pytest.raises(IncompatibleVersions, match="cuDNN 8.6"):
+    with pytest.raises(IncompatibleVersions, match=r"cuDNN 8\.6"):
         check_tensorflow("2.17", "3.11", cudnn="8.6")
     assert check_tensorflow("2.12", "3.11", cudnn="8.9").cudnn == "8.6"
 
 
 def test_python_is_checked_before_cuda() -> None:
-    with pytest.raises(IncompatibleVersions, match="Python 3.13"):
+    with pytest.raises(IncompatibleVersions, match=r"Python 3\.13"):
         check_tensorflow("2.17", "3.13", cuda="11.8", cudnn="7.6")
 
 

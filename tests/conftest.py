@@ -1,0 +1,41 @@
+"""Shared test configuration.
+
+Tools a test needs (hadolint, docker, siftool …) are looked up through ``require_tool``: missing
+locally, the test is skipped with the reason; under ``CI=true`` it fails, so nothing hides in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files under tests/golden from the current renderer",
+    )
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool; skip (or fail under CI=true) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: a missing tool is a failure)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
