@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from enum import Enum
-from pathlib import Path
+from pathlib import Path  # noqa: TC003 - typer reads the annotations at run time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import click
@@ -20,8 +20,15 @@ from rich.table import Table
 
 from hepml_images import __version__
 from hepml_images.errors import HepmlError, UsageError
-from hepml_images.pipeline import FILENAMES, render_variants, resolve_directory, resolve_specs, write_build_dir
+from hepml_images.pipeline import (
+    FILENAMES,
+    render_variants,
+    resolve_directory,
+    resolve_specs,
+    write_build_dir,
+)
 from hepml_images.spec.load import shipped_dir
+from hepml_images.spec.model import Bootstrap
 from hepml_images.spec.schema import SPEC_SCHEMA
 
 if TYPE_CHECKING:
@@ -47,11 +54,19 @@ class OutputFormat(str, Enum):
     all = "all"
 
 
-SpecArgs = Annotated[list[str], typer.Argument(help="Spec files (path.yaml) or names of shipped specs.", show_default=False)]
-VariantOpt = Annotated[list[str] | None, typer.Option("--variant", "-V", help="Select variants by matrix value: KEY=VALUE (repeatable).")]
+SpecArgs = Annotated[
+    list[str],
+    typer.Argument(help="Spec files (path.yaml) or names of shipped specs.", show_default=False),
+]
+VariantOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--variant", "-V", help="Select variants by matrix value: KEY=VALUE (repeatable)."
+    ),
+]
 
 
-def _version(value: bool) -> None:  # noqa: FBT001
+def _version(value: bool) -> None:
     if value:
         out.print(f"hepml-images {__version__}")
         raise typer.Exit
@@ -59,7 +74,12 @@ def _version(value: bool) -> None:  # noqa: FBT001
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,  # noqa: FBT002
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Reproducible container images for HEP machine learning."""
     del version
@@ -71,9 +91,9 @@ def _parent(variant: ResolvedVariant) -> str:
     base = variant.content.base
     if base is None:
         return "?"
-    if hasattr(base, "suite"):
+    if isinstance(base, Bootstrap):
         return f"bootstrap {base.suite}"
-    return getattr(base, "image", "?")
+    return base.image
 
 
 _KEY_VERSIONS = ("python", "hdf5", "tensorflow", "accelerator", "cuda", "cudnn", "analysisbase")
@@ -96,8 +116,11 @@ def _variant_json(variant: ResolvedVariant) -> dict[str, Any]:
 
 @app.command("list")
 def list_specs(
-    specs: Annotated[Path | None, typer.Option("--specs", help="Directory of spec files (default: the shipped specs).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,  # noqa: FBT002
+    specs: Annotated[
+        Path | None,
+        typer.Option("--specs", help="Directory of spec files (default: the shipped specs)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List every spec and its expanded variants."""
     resolution = resolve_directory(specs or shipped_dir())
@@ -110,7 +133,14 @@ def list_specs(
     for variant in resolution.variants:
         versions = variant.version_map
         shown = " ".join(f"{k}={versions[k]}" for k in _KEY_VERSIONS if k in versions)
-        table.add_row(variant.spec, variant.slug, " ".join(variant.tags), _parent(variant), shown, variant.digest[7:19])
+        table.add_row(
+            variant.spec,
+            variant.slug,
+            " ".join(variant.tags),
+            _parent(variant),
+            shown,
+            variant.digest[7:19],
+        )
     out.print(table)
 
 
@@ -124,21 +154,40 @@ def validate(specs: SpecArgs) -> None:
 
 @app.command()
 def render(
-    spec: Annotated[str, typer.Argument(help="Spec file or shipped spec name.", show_default=False)],
+    spec: Annotated[
+        str, typer.Argument(help="Spec file or shipped spec name.", show_default=False)
+    ],
     variant: VariantOpt = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Which files to write.")] = OutputFormat.all,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory to write into (one subfolder per variant when there are several).")] = None,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Which files to write.")
+    ] = OutputFormat.all,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Directory to write into (one subfolder per variant when there are several).",
+        ),
+    ] = None,
 ) -> None:
     """Render Dockerfile and Singularity.def (and build-context files) for a spec's variants."""
     resolution = resolve_specs([spec], variant or [])
     rendered = render_variants(resolution.selected)
     if output is None:
         if fmt is OutputFormat.all:
-            raise UsageError("--format all writes several files: give -o DIR", hint="or choose --format docker|singularity to print one file")
+            raise UsageError(
+                "--format all writes several files: give -o DIR",
+                hint="or choose --format docker|singularity to print one file",
+            )
         if len(rendered) != 1:
             slugs = ", ".join(v.slug for v, _ in rendered)
-            raise UsageError(f"{len(rendered)} variants ({slugs}): choose one with --variant KEY=VALUE or write them all with -o DIR")
-        text = rendered[0][1].dockerfile if fmt is OutputFormat.docker else rendered[0][1].singularity
+            raise UsageError(
+                f"{len(rendered)} variants ({slugs}): choose one with --variant KEY=VALUE"
+                " or write them all with -o DIR"
+            )
+        text = (
+            rendered[0][1].dockerfile if fmt is OutputFormat.docker else rendered[0][1].singularity
+        )
         sys.stdout.write(text)
         return
     if output.exists() and not output.is_dir():
@@ -147,7 +196,10 @@ def render(
         target = output if len(rendered) == 1 else output / resolved.slug
         written = write_build_dir(files, target, fmt.value)
         names = [p.name for p in written if p.name in FILENAMES.values()]
-        err.print(f"{resolved.key}: wrote {', '.join(names)} and {len(written) - len(names)} context file(s) to {target}")
+        err.print(
+            f"{resolved.key}: wrote {', '.join(names)} and"
+            f" {len(written) - len(names)} context file(s) to {target}"
+        )
 
 
 @app.command()
@@ -175,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: say it is our bug
         err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)
-        err.print("this is a bug in hepml-images; set HEPML_DEBUG=1 for the traceback", markup=False)
+        err.print(
+            "this is a bug in hepml-images; set HEPML_DEBUG=1 for the traceback", markup=False
+        )
         if os.environ.get("HEPML_DEBUG"):
             traceback.print_exc()
         return 1

@@ -42,6 +42,7 @@ class Problem:
     hint: str | None = None
 
     def render(self) -> str:
+        """``file:line: [key.path] message`` and the hint on its own line."""
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         key = f" [{self.path}]" if self.path else ""
         text = f"{where}:{key} {self.message}"
@@ -65,7 +66,7 @@ class SpecError(HepmlError):
         return self.message
 
 
-class IncompatibleVersions(HepmlError):
+class IncompatibleVersions(HepmlError):  # noqa: N818 - reads as the sentence it reports
     """A combination of component versions that is known not to work together."""
 
     exit_code = 2

@@ -31,7 +31,9 @@ class Resolution:
     selected: tuple[ResolvedVariant, ...]
 
 
-def resolve_specs(arguments: Sequence[str], selection: Sequence[str] = (), *, search: Sequence[Path] = ()) -> Resolution:
+def resolve_specs(
+    arguments: Sequence[str], selection: Sequence[str] = (), *, search: Sequence[Path] = ()
+) -> Resolution:
     """Load the named specs (and their parents), resolve them and select variants."""
     specset = spec_load.load(arguments, search=search)
     variants = resolve(specset)

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from hepml_images.spec.load import SpecSet
     from hepml_images.spec.model import Content, SpecFile
 
+from hepml_images.spec.model import Bootstrap
+
 #: Bump when the meaning of a plan changes without its data changing (forces rebuilds).
 DIGEST_FORMAT = 1
 #: Local repository prefix of the images this tool builds.
@@ -119,9 +121,14 @@ def _order(specs: Mapping[str, SpecFile], problems: _Problems) -> list[str]:
         if state.get(name) == 2:  # noqa: PLR2004
             return
         if state.get(name) == 1:
-            cycle = [*trail[trail.index(name):], name]
+            cycle = [*trail[trail.index(name) :], name]
             for member in cycle[:-1]:
-                problems.add(specs[member], "extends", f"extends cycle: {' → '.join(cycle)}", "a spec cannot be built FROM itself, directly or through others")
+                problems.add(
+                    specs[member],
+                    "extends",
+                    f"extends cycle: {' → '.join(cycle)}",
+                    "a spec cannot be built FROM itself, directly or through others",
+                )
             return
         state[name] = 1
         parent = specs[name].data.get("extends")
@@ -135,9 +142,14 @@ def _order(specs: Mapping[str, SpecFile], problems: _Problems) -> list[str]:
     return order
 
 
-def _substitute(value: Any, context: Mapping[str, str], report: content_builder.Report, path: str) -> Any:
+def _substitute(
+    value: Any, context: Mapping[str, str], report: content_builder.Report, path: str
+) -> Any:
     if isinstance(value, dict):
-        return {k: _substitute(v, context, report, f"{path}.{k}" if path else k) for k, v in value.items()}
+        return {
+            k: _substitute(v, context, report, f"{path}.{k}" if path else k)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_substitute(v, context, report, f"{path}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str) or "${{" not in value:
@@ -147,13 +159,21 @@ def _substitute(value: Any, context: Mapping[str, str], report: content_builder.
         ref = f"{match.group(1)}.{match.group(2)}"
         if ref not in context:
             known = sorted(context)
-            report(path, f"unknown expression ${{{{ {ref} }}}}", did_you_mean(ref, known) or f"known here: {', '.join(known)}")
+            report(
+                path,
+                f"unknown expression ${{{{ {ref} }}}}",
+                did_you_mean(ref, known) or f"known here: {', '.join(known)}",
+            )
             return match.group(0)
         return context[ref]
 
     result = _EXPR_PARTS.sub(replace_one, value)
     if "${{" in result and not _EXPR.search(value):
-        report(path, f"malformed expression in {value!r}", "write ${{ matrix.NAME }} or ${{ spec.NAME }}")
+        report(
+            path,
+            f"malformed expression in {value!r}",
+            "write ${{ matrix.NAME }} or ${{ spec.NAME }}",
+        )
     return result
 
 
@@ -163,7 +183,9 @@ class _Axes:
     values: dict[str, tuple[str, ...]]
 
 
-def _combinations(spec: SpecFile, parents: Sequence[ResolvedVariant | None], problems: _Problems) -> list[tuple[ResolvedVariant | None, dict[str, str], tuple[tuple[str, str], ...]]]:
+def _combinations(
+    spec: SpecFile, parents: Sequence[ResolvedVariant | None], problems: _Problems
+) -> list[tuple[ResolvedVariant | None, dict[str, str], tuple[tuple[str, str], ...]]]:
     """(parent variant, full matrix context, axis values) for each variant of ``spec``."""
     matrix = spec.data.get("matrix") or {}
     own = {k: tuple(v) for k, v in matrix.items() if k not in {"include", "exclude"}}
@@ -176,16 +198,22 @@ def _combinations(spec: SpecFile, parents: Sequence[ResolvedVariant | None], pro
                     inherited_axes[axis].append(value)
     narrowed: dict[str, tuple[str, ...]] = {}
     new_axes: dict[str, tuple[str, ...]] = {}
-    for axis, axis_values in own.items():
-        if len(set(axis_values)) != len(axis_values):
+    for axis, listed in own.items():
+        if len(set(listed)) != len(listed):
             problems.add(spec, f"matrix.{axis}", f"matrix axis {axis!r} lists a value twice")
         if axis in inherited_axes:
-            unknown = [v for v in axis_values if v not in inherited_axes[axis]]
+            unknown = [v for v in listed if v not in inherited_axes[axis]]
             if unknown:
-                problems.add(spec, f"matrix.{axis}", f"{', '.join(map(repr, unknown))} not among the parent's values for {axis!r} ({', '.join(inherited_axes[axis])})", "a child can narrow an inherited axis, not extend it")
-            narrowed[axis] = axis_values
+                problems.add(
+                    spec,
+                    f"matrix.{axis}",
+                    f"{', '.join(map(repr, unknown))} not among the parent's values"
+                    f" for {axis!r} ({', '.join(inherited_axes[axis])})",
+                    "a child can narrow an inherited axis, not extend it",
+                )
+            narrowed[axis] = listed
         else:
-            new_axes[axis] = axis_values
+            new_axes[axis] = listed
     all_axes = [*inherited_axes, *new_axes]
 
     def check_entry(kind: str, index: int, entry: Mapping[str, str], *, axes_only: bool) -> bool:
@@ -194,14 +222,28 @@ def _combinations(spec: SpecFile, parents: Sequence[ResolvedVariant | None], pro
             if key in inherited_axes or key in new_axes:
                 known = inherited_axes.get(key) or list(new_axes.get(key, ()))
                 if value not in known:
-                    problems.add(spec, f"matrix.{kind}[{index}].{key}", f"{value!r} is not a value of axis {key!r} ({', '.join(known)})", did_you_mean(value, known))
+                    problems.add(
+                        spec,
+                        f"matrix.{kind}[{index}].{key}",
+                        f"{value!r} is not a value of axis {key!r} ({', '.join(known)})",
+                        did_you_mean(value, known),
+                    )
                     ok = False
             elif axes_only:
-                problems.add(spec, f"matrix.{kind}[{index}].{key}", f"unknown matrix axis {key!r}", did_you_mean(key, all_axes) or f"axes: {', '.join(all_axes) or 'none'}")
+                problems.add(
+                    spec,
+                    f"matrix.{kind}[{index}].{key}",
+                    f"unknown matrix axis {key!r}",
+                    did_you_mean(key, all_axes) or f"axes: {', '.join(all_axes) or 'none'}",
+                )
                 ok = False
         return ok
 
-    excludes = [e for i, e in enumerate(matrix.get("exclude", [])) if check_entry("exclude", i, e, axes_only=True)]
+    excludes = [
+        e
+        for i, e in enumerate(matrix.get("exclude", []))
+        if check_entry("exclude", i, e, axes_only=True)
+    ]
     includes = matrix.get("include", [])
     for i, e in enumerate(includes):
         check_entry("include", i, e, axes_only=False)
@@ -218,13 +260,24 @@ def _combinations(spec: SpecFile, parents: Sequence[ResolvedVariant | None], pro
                 continue
             ctx = {**extra_ctx, **axis_values}
             for entry in includes:
-                matches = all(axis_values.get(k) == v for k, v in entry.items() if k in axis_values or k in all_axes)
+                matches = all(
+                    axis_values.get(k) == v
+                    for k, v in entry.items()
+                    if k in axis_values or k in all_axes
+                )
                 if matches:
                     ctx.update({k: v for k, v in entry.items() if k not in all_axes})
             results.append((parent, ctx, tuple((axis, axis_values[axis]) for axis in all_axes)))
     for i, entry in enumerate(includes):
-        if not any(all(ctx.get(k) == v for k, v in entry.items() if k in all_axes) for _, ctx, _ in results):
-            problems.add(spec, f"matrix.include[{i}]", "this include matches no variant", "check the axis values it names")
+        if not any(
+            all(ctx.get(k) == v for k, v in entry.items() if k in all_axes) for _, ctx, _ in results
+        ):
+            problems.add(
+                spec,
+                f"matrix.include[{i}]",
+                "this include matches no variant",
+                "check the axis values it names",
+            )
     if not results and not problems.items:
         problems.add(spec, "matrix", "the matrix leaves no variant (everything is excluded)")
     return results
@@ -252,17 +305,29 @@ def canonical(obj: Any) -> Any:
 def digest_of(image_plan: ir.ImagePlan, parent_digest: str | None) -> str:
     """Content digest of an image plan (smoke tests excluded: they do not change the image)."""
     body = canonical(replace(image_plan, tests=()))
-    payload = json.dumps({"format": DIGEST_FORMAT, "parent": parent_digest, "plan": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    payload = json.dumps(
+        {"format": DIGEST_FORMAT, "parent": parent_digest, "plan": body},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _tensorflow(content: Content, inherited: Inherited, versions: dict[str, str], report: content_builder.Report) -> TensorflowInstall | None:
+def _tensorflow(
+    content: Content, versions: dict[str, str], report: content_builder.Report
+) -> TensorflowInstall | None:
     tf = content.components.tensorflow
     if tf is None:
         return None
-    python = content.components.python.version if content.components.python else versions.get("python")
+    python = (
+        content.components.python.version if content.components.python else versions.get("python")
+    )
     if python is None:
-        report("components.tensorflow", "TensorFlow needs Python: add a `python` component here or in a parent spec")
+        report(
+            "components.tensorflow",
+            "TensorFlow needs Python: add a `python` component here or in a parent spec",
+        )
         return None
     cuda = content.components.cuda
     cuda_version = cuda.version if cuda else versions.get("cuda")
@@ -282,17 +347,30 @@ def _tensorflow(content: Content, inherited: Inherited, versions: dict[str, str]
         if not config.and_cuda_extra:
             report(
                 "components.tensorflow.accelerator",
-                f"TensorFlow {tf.version} has no `tensorflow[and-cuda]` extra to bring CUDA with it",
-                f"add a `cuda` component with source: system (TensorFlow {config.tensorflow} wants CUDA {config.cuda}, cuDNN {config.cudnn})",
+                f"TensorFlow {tf.version} has no `tensorflow[and-cuda]` extra to bring CUDA",
+                f"add a `cuda` component with source: system (TensorFlow {config.tensorflow}"
+                f" wants CUDA {config.cuda}, cuDNN {config.cudnn})",
             )
             return None
-        return TensorflowInstall(requirement=f"tensorflow[and-cuda]{pin}", cuda=config.cuda, cudnn=config.cudnn)
+        return TensorflowInstall(
+            requirement=f"tensorflow[and-cuda]{pin}", cuda=config.cuda, cudnn=config.cudnn
+        )
     if cuda is not None and cuda.source == "pip":
-        return TensorflowInstall(requirement=f"tensorflow[and-cuda]{pin}", cuda=cuda.version, cudnn=cuda.cudnn or config.cudnn)
+        return TensorflowInstall(
+            requirement=f"tensorflow[and-cuda]{pin}",
+            cuda=cuda.version,
+            cudnn=cuda.cudnn or config.cudnn,
+        )
     return TensorflowInstall(requirement=f"tensorflow{pin}", cuda=cuda_version, cudnn=cudnn_version)
 
 
-def _check_versions(content: Content, family: str, release: str | None, inherited: Inherited, report: content_builder.Report) -> None:
+def _check_versions(
+    content: Content,
+    family: str,
+    release: str | None,
+    inherited: Inherited,
+    report: content_builder.Report,
+) -> None:
     comps = content.components
     if comps.python is not None and comps.python.source == "system" and release is not None:
         try:
@@ -302,23 +380,43 @@ def _check_versions(content: Content, family: str, release: str | None, inherite
         if shipped and comps.python.version not in shipped:
             report(
                 "components.python.version",
-                f"Python {comps.python.version} is not packaged for {family} {release} (it ships {', '.join(shipped)})",
-                f"use version {shipped[-1]!r}, or `source: existing` with an interpreter the base image already has",
+                f"Python {comps.python.version} is not packaged for {family} {release}"
+                f" (it ships {', '.join(shipped)})",
+                f"use version {shipped[-1]!r}, or `source: existing` with an interpreter"
+                " the base image already has",
             )
     if comps.python is not None and inherited.python is not None:
-        report("components.python", f"the parent image already has a Python venv at {inherited.python.venv}", "install packages with the `pip` component instead")
+        report(
+            "components.python",
+            f"the parent image already has a Python venv at {inherited.python.venv}",
+            "install packages with the `pip` component instead",
+        )
     if (comps.pip is not None) and comps.python is None and inherited.python is None:
-        report("components.pip", "pip needs Python: add a `python` component here or in a parent spec")
+        report(
+            "components.pip", "pip needs Python: add a `python` component here or in a parent spec"
+        )
     if comps.cuda is not None:
         try:
             compat.driver_requirement(comps.cuda.version)
         except IncompatibleVersions as exc:
             report("components.cuda.version", exc.message, exc.hint)
-        if comps.cuda.source == "pip" and (comps.tensorflow is None or comps.tensorflow.accelerator != "cuda"):
-            report("components.cuda.source", "CUDA from pip comes with `tensorflow` (accelerator: cuda) in the same spec", "use source: system or image")
+        if comps.cuda.source == "pip" and (
+            comps.tensorflow is None or comps.tensorflow.accelerator != "cuda"
+        ):
+            report(
+                "components.cuda.source",
+                "CUDA from pip comes with `tensorflow` (accelerator: cuda) in the same spec",
+                "use source: system or image",
+            )
 
 
-def _versions(content: Content, inherited: Inherited, family: str, release: str | None, tf: TensorflowInstall | None) -> dict[str, str]:
+def _versions(
+    content: Content,
+    inherited: Inherited,
+    family: str,
+    release: str | None,
+    tf: TensorflowInstall | None,
+) -> dict[str, str]:
     versions = dict(inherited.versions)
     versions["family"] = family
     if release:
@@ -357,14 +455,17 @@ def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Bas
     base = content.base
     if base is None:  # pragma: no cover - the schema requires base or extends
         raise AssertionError("spec without base or extends")
-    if hasattr(base, "suite"):
+    if isinstance(base, Bootstrap):
         argv = (
             "mmdebstrap",
             f"--variant={base.variant}",
             f"--components={','.join(base.components)}",
             *((f"--include={','.join(sorted(base.packages))}",) if base.packages else ()),
-            "--aptopt=Acquire::Check-Valid-Until \"false\"",
-            "--customize-hook=rm -rf \"$1/var/cache/apt\"/*.bin \"$1/var/lib/apt/lists\"/* \"$1/var/log\"/*.log",
+            '--aptopt=Acquire::Check-Valid-Until "false"',
+            (
+                "--customize-hook=rm -rf"
+                ' "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/* "$1/var/log"/*.log'
+            ),
             base.suite,
             "rootfs.tar",
             base.mirror,
@@ -383,7 +484,13 @@ def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Bas
     return ir.FromImage(ref=ref)
 
 
-def _expand_tags(spec: SpecFile, templates: Iterable[str], context: Mapping[str, str], path: str, report: content_builder.Report) -> tuple[str, ...]:
+def _expand_tags(
+    spec: SpecFile,
+    templates: Iterable[str],
+    context: Mapping[str, str],
+    path: str,
+    report: content_builder.Report,
+) -> tuple[str, ...]:
     out: list[str] = []
     for index, template in enumerate(templates):
         text = _substitute(template, context, report, f"{path}[{index}]")
@@ -420,7 +527,11 @@ def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
                 variants.append(variant)
         slugs = [v.slug for v in variants]
         if len(set(slugs)) != len(slugs):
-            problems.add(spec, "matrix", "two variants get the same name; matrix values must differ between axes")
+            problems.add(
+                spec,
+                "matrix",
+                "two variants get the same name; matrix values must differ between axes",
+            )
         done[name] = variants
         result.extend(variants)
     problems.raise_if_any()
@@ -438,35 +549,50 @@ def _resolve_one(
     label = f" (variant {slug})" if axis_values else ""
 
     def report(path: str, message: str, hint: str | None = None) -> None:
-        problems.add(spec, path, message + label if "${{" in str(_raw_at(spec.data, path)) else message, hint)
+        problems.add(
+            spec, path, message + label if "${{" in str(_raw_at(spec.data, path)) else message, hint
+        )
 
     for axis, value in axis_values:
         try:
             values.word(value, "matrix value")
-        except values.ValueProblem as exc:
+        except values.ValueProblem as exc:  # noqa: PERF203 - stops at the first bad value
             problems.add(spec, f"matrix.{axis}", exc.message, exc.hint)
             return None
     data = spec.data
     context = {f"matrix.{k}": v for k, v in ctx.items()}
-    context.update({"spec.name": str(data["name"]), "spec.version": str(data.get("version", "0.1.0"))})
-    substituted = {k: (v if k in _NOT_SUBSTITUTED else _substitute(v, context, report, k)) for k, v in data.items()}
+    context.update(
+        {"spec.name": str(data["name"]), "spec.version": str(data.get("version", "0.1.0"))}
+    )
+    substituted = {
+        k: (v if k in _NOT_SUBSTITUTED else _substitute(v, context, report, k))
+        for k, v in data.items()
+    }
     inherited = parent.inherited if parent else None
-    content = content_builder.build(substituted, family=inherited.family if inherited else None, attachments=spec.attachments, report=report)
+    content = content_builder.build(
+        substituted,
+        family=inherited.family if inherited else None,
+        attachments=spec.attachments,
+        report=report,
+    )
     if content is None:
         return None
     if inherited is None:
-        base = content.base
-        family = base.family if base is not None else "debian"
-        release = base.suite if base is not None and hasattr(base, "suite") else getattr(base, "release", None)
-        inherited = Inherited(family=family, release=release)
+        start = content.base
+        if start is None:  # pragma: no cover - the schema requires base or extends
+            return None
+        release = start.suite if isinstance(start, Bootstrap) else start.release
+        inherited = Inherited(family=start.family, release=release)
     before = len(problems.items)
     _check_versions(content, inherited.family, inherited.release, inherited, report)
-    tf = _tensorflow(content, inherited, dict(inherited.versions), report)
+    tf = _tensorflow(content, dict(inherited.versions), report)
     if len(problems.items) > before:
         return None
     versions = _versions(content, inherited, inherited.family, inherited.release, tf)
-    base = _base(content, parent, slug)
-    planned: Planned = plan(content, parent=inherited, base=base, tensorflow=tf, versions=tuple(versions.items()))
+    image_base = _base(content, parent, slug)
+    planned: Planned = plan(
+        content, parent=inherited, base=image_base, tensorflow=tf, versions=tuple(versions.items())
+    )
     labels = (
         *content.labels,
         ("io.hepml.spec", content.name),
@@ -477,23 +603,36 @@ def _resolve_one(
         name=content.name,
         slug=slug,
         help=content.description,
-        base=base,
+        base=image_base,
         family=inherited.family,
         inherited_env=inherited.env,
         inherited_workdir=inherited.workdir,
         steps=planned.steps,
         entrypoint=_entrypoint(content, planned),
-        cmd=_cmd(content, base),
+        cmd=_cmd(content, image_base),
         labels=tuple(sorted(dict(labels).items())),
         tests=planned.inherited.tests,
         context=tuple(sorted(planned.context, key=lambda f: f.name)),
     )
     digest = digest_of(image_plan, parent.digest if parent else None)
-    image_plan = replace(image_plan, labels=tuple(sorted({**dict(image_plan.labels), "io.hepml.digest": digest}.items())))
-    tag_context = {**context, **{f"versions.{k}": v for k, v in versions.items()}, "spec.digest": digest.split(":", 1)[1][:12]}
+    image_plan = replace(
+        image_plan,
+        labels=tuple(sorted({**dict(image_plan.labels), "io.hepml.digest": digest}.items())),
+    )
+    tag_context = {
+        **context,
+        **{f"versions.{k}": v for k, v in versions.items()},
+        "spec.digest": digest.split(":", 1)[1][:12],
+    }
     tags = _expand_tags(spec, content.tags or (slug,), tag_context, "tags", report)
-    publish_tags = _expand_tags(spec, content.publish.tags, tag_context, "publish.tags", report) if content.publish.tags else tags
-    immutable = _expand_tags(spec, content.publish.immutable, tag_context, "publish.immutable", report)
+    publish_tags = (
+        _expand_tags(spec, content.publish.tags, tag_context, "publish.tags", report)
+        if content.publish.tags
+        else tags
+    )
+    immutable = _expand_tags(
+        spec, content.publish.immutable, tag_context, "publish.immutable", report
+    )
     return ResolvedVariant(
         spec=content.name,
         source=str(spec.path),
@@ -539,26 +678,40 @@ def _raw_at(data: Mapping[str, Any], path: str) -> Any:
     return node
 
 
-def select(variants: Sequence[ResolvedVariant], spec_names: Sequence[str], selection: Sequence[str]) -> tuple[ResolvedVariant, ...]:
+def select(
+    variants: Sequence[ResolvedVariant], spec_names: Sequence[str], selection: Sequence[str]
+) -> tuple[ResolvedVariant, ...]:
     """The variants of ``spec_names`` matching every ``KEY=VALUE`` in ``selection``."""
     wanted: dict[str, str] = {}
     for item in selection:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
-            raise UsageError(f"--variant {item!r} is not KEY=VALUE", hint="for example --variant accelerator=cpu")
+            raise UsageError(
+                f"--variant {item!r} is not KEY=VALUE", hint="for example --variant accelerator=cpu"
+            )
         wanted[key.strip()] = value.strip()
     chosen = [v for v in variants if v.spec in spec_names]
     axes = {axis for v in chosen for axis, _ in v.matrix}
     for key, value in wanted.items():
         if key not in axes:
-            hint = did_you_mean(key, axes) or (f"matrix axes: {', '.join(sorted(axes))}" if axes else "these specs have no matrix")
+            hint = did_you_mean(key, axes) or (
+                f"matrix axes: {', '.join(sorted(axes))}" if axes else "these specs have no matrix"
+            )
             raise UsageError(f"unknown matrix key {key!r} in --variant {key}={value}", hint=hint)
         known = sorted({val for v in chosen for axis, val in v.matrix if axis == key})
         if value not in known:
-            raise UsageError(f"no variant has {key}={value}", hint=did_you_mean(value, known) or f"values of {key}: {', '.join(known)}")
-    picked = tuple(v for v in chosen if all(dict(v.matrix).get(k, val) == val for k, val in wanted.items()))
+            raise UsageError(
+                f"no variant has {key}={value}",
+                hint=did_you_mean(value, known) or f"values of {key}: {', '.join(known)}",
+            )
+    picked = tuple(
+        v for v in chosen if all(dict(v.matrix).get(k, val) == val for k, val in wanted.items())
+    )
     if not picked:
-        raise UsageError(f"no variant matches {' '.join(selection)}", hint="run `hepml-images list` to see the variants")
+        raise UsageError(
+            f"no variant matches {' '.join(selection)}",
+            hint="run `hepml-images list` to see the variants",
+        )
     return picked
 
 

@@ -28,7 +28,10 @@ VARIANTS = {f"{v.spec}/{v.slug}": v for v in RESOLUTION.variants}
 
 def _files(key: str) -> dict[str, bytes]:
     rendered = RENDERED[key]
-    files = {"Dockerfile": rendered.dockerfile.encode(), "Singularity.def": rendered.singularity.encode()}
+    files = {
+        "Dockerfile": rendered.dockerfile.encode(),
+        "Singularity.def": rendered.singularity.encode(),
+    }
     files.update({f"context/{c.name}": c.content for c in rendered.context})
     return files
 
@@ -43,9 +46,13 @@ def test_golden(key: str, update_golden: bool) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
     on_disk = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
-    assert on_disk == set(expected), f"golden files of {key} differ in names; refresh with --update-golden"
+    assert on_disk == set(expected), (
+        f"golden files of {key} differ in names; refresh with --update-golden"
+    )
     for name, content in expected.items():
-        assert (directory / name).read_bytes() == content, f"{key}/{name} differs from its golden file"
+        assert (directory / name).read_bytes() == content, (
+            f"{key}/{name} differs from its golden file"
+        )
 
 
 def test_no_stale_golden_directories(update_golden: bool) -> None:
@@ -61,7 +68,10 @@ def test_no_stale_golden_directories(update_golden: bool) -> None:
 
 
 def test_rendering_is_deterministic() -> None:
-    again = {f"{v.spec}/{v.slug}": r for v, r in render_variants(resolve_directory(shipped_dir()).variants)}
+    again = {
+        f"{v.spec}/{v.slug}": r
+        for v, r in render_variants(resolve_directory(shipped_dir()).variants)
+    }
     assert again == RENDERED
 
 
@@ -96,10 +106,13 @@ def test_spython_parses_definition(key: str, tmp_path: Path) -> None:
     recipe = next(iter(SingularityParser(str(path)).recipe.values()))
     assert recipe.fromHeader
     labels = dict(line.split(" ", 1) for line in recipe.labels)
-    assert labels["io.hepml.spec"] == key.split("/")[0]
+    assert labels["io.hepml.spec"] == key.split("/", maxsplit=1)[0]
     assert labels["io.hepml.digest"].startswith("sha256:")
     # every ENV of the Dockerfile (and of the parents) is in %environment too
     plan = VARIANTS[key].plan
-    expected = [*plan.inherited_env, *(pair for step in plan.steps if isinstance(step, SetEnv) for pair in step.items)]
+    expected = [
+        *plan.inherited_env,
+        *(pair for step in plan.steps if isinstance(step, SetEnv) for pair in step.items),
+    ]
     environ = [line.removeprefix("export ") for line in recipe.environ]
     assert environ == [f'{name}="{value}"' for name, value in expected]

@@ -88,7 +88,8 @@ class Planned:
 
 
 def _pip(python: PythonEnv, args: str) -> str:
-    return f"{shlex.quote(python.python)} -m pip install --no-cache-dir --disable-pip-version-check {args}"
+    pip = f"{shlex.quote(python.python)} -m pip install"
+    return f"{pip} --no-cache-dir --disable-pip-version-check {args}"
 
 
 def os_packages(content: Content, family: Family) -> tuple[str, ...]:
@@ -166,10 +167,14 @@ def plan(
     wanted = os_packages(content, family)
     needs_epel = comps.hdf5 is not None and family in {"el7", "el9"}
     install = packages.install(family, wanted) if wanted else ()
-    out.run("distribution packages", (*setup, *(packages.epel(family) if needs_epel else ()), *install))
+    out.run(
+        "distribution packages", (*setup, *(packages.epel(family) if needs_epel else ()), *install)
+    )
 
     if comps.cuda is not None:
-        out.run("CUDA and cuDNN from NVIDIA's repository", _cuda_system(content, family, parent.release))
+        out.run(
+            "CUDA and cuDNN from NVIDIA's repository", _cuda_system(content, family, parent.release)
+        )
         cuda_version = comps.cuda.version
         out.set_env(
             ("NVIDIA_VISIBLE_DEVICES", "all"),
@@ -193,7 +198,9 @@ def plan(
             'if [ -n "${VIRTUAL_ENV:-}" ]; then PATH="$VIRTUAL_ENV/bin:$PATH"; export PATH; fi\n'
             'exec "$@"\n'
         )
-        out.context.append(ir.ContextFile(name="hepml-entrypoint.sh", content=script.encode(), mode=0o755))
+        out.context.append(
+            ir.ContextFile(name="hepml-entrypoint.sh", content=script.encode(), mode=0o755)
+        )
         out.steps.append(ir.Copy(src="hepml-entrypoint.sh", dest=ENTRYPOINT_SCRIPT, mode=0o755))
         wrapper = (ENTRYPOINT_SCRIPT,)
 
@@ -231,8 +238,12 @@ def plan(
             dest = f"{REQUIREMENTS_DIR}/{name}"
             out.context.append(ir.ContextFile(name=f"requirements/{name}", content=data))
             out.steps.append(ir.Copy(src=f"requirements/{name}", dest=dest))
-            flags = ["--no-deps", "--require-hashes"] if hashed else []
-            out.run(f"pip requirements ({name})", (_pip(python, " ".join([*index, *flags, "-r", shlex.quote(dest)])),), wrapper)
+            hash_flags = ["--no-deps", "--require-hashes"] if hashed else []
+            out.run(
+                f"pip requirements ({name})",
+                (_pip(python, " ".join([*index, *hash_flags, "-r", shlex.quote(dest)])),),
+                wrapper,
+            )
 
     for copy in content.files:
         ctx = f"files/{copy.src}"

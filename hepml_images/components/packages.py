@@ -51,9 +51,12 @@ def install(family: Family, packages: Iterable[str]) -> tuple[str, ...]:
 def el7_vault() -> tuple[str, ...]:
     """Point CentOS 7's yum repositories at vault.centos.org (mirrorlist.centos.org is gone)."""
     return (
-        "sed -i -e 's/^mirrorlist=/#mirrorlist=/' "
-        f"-e 's|^#\\?baseurl=http://mirror.centos.org/centos/\\$releasever|baseurl={EL7_VAULT}|' "
-        "/etc/yum.repos.d/CentOS-*.repo",
+        (
+            "sed -i -e 's/^mirrorlist=/#mirrorlist=/' "
+            "-e 's|^#\\?baseurl=http://mirror.centos.org/centos/\\$releasever"
+            f"|baseurl={EL7_VAULT}|' "
+            "/etc/yum.repos.d/CentOS-*.repo"
+        ),
     )
 
 
@@ -64,9 +67,11 @@ def epel(family: Family) -> tuple[str, ...]:
     if family == "el7":
         return (
             "yum install -y epel-release",
-            "sed -i -e 's/^metalink=/#metalink=/' "
-            f"-e 's|^#\\?baseurl=.*/pub/epel/7|baseurl={EL7_EPEL_ARCHIVE}|' "
-            "/etc/yum.repos.d/epel*.repo",
+            (
+                "sed -i -e 's/^metalink=/#metalink=/' "
+                f"-e 's|^#\\?baseurl=.*/pub/epel/7|baseurl={EL7_EPEL_ARCHIVE}|' "
+                "/etc/yum.repos.d/epel*.repo"
+            ),
             "yum clean all",
         )
     return ()

@@ -8,7 +8,7 @@ adds file and line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from hepml_images.spec import model, values
 
@@ -25,12 +25,16 @@ class Report(Protocol):
         """Record one problem at key path ``path``."""
 
 
+_TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off"})
+
+
 def _flag(value: Any, default: bool) -> bool:  # noqa: FBT001
     if value is None:
         return default
     if isinstance(value, bool):
         return value
-    return str(value).lower() in {"true", "yes", "1", "on"}
+    return str(value).lower() in _TRUE
 
 
 class _Checker:
@@ -45,6 +49,14 @@ class _Checker:
             self.report(path, exc.message, exc.hint)
             self.failed = True
             return None
+
+    def flag(self, path: str, value: Any, *, default: bool) -> bool:
+        """A boolean, or the text of one after matrix substitution (`true`, `false` …)."""
+        if value is not None and not isinstance(value, bool) and str(value).lower() not in _TRUE | _FALSE:
+            self.report(path, f"expected true or false, got {value!r}")
+            self.failed = True
+            return default
+        return _flag(value, default)
 
     def many(self, path: str, rule: Callable[[str], str], items: list[str]) -> tuple[str, ...]:
         out = []
@@ -79,7 +91,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
         base = model.Bootstrap(
             distro="debian",
             suite=c.check("base.bootstrap.suite", values.suite, b["suite"]) or "",
-            variant=b.get("variant", "minbase"),
+            variant=c.check("base.bootstrap.variant", lambda v: values.choice(v, "variant", ("minbase", "buildd", "standard")), b.get("variant", "minbase")) or "minbase",
             mirror=mirror or "",
             components=c.many("base.bootstrap.components", lambda v: values.word(v, "component"), b.get("components", ["main"])),
             packages=c.many("base.bootstrap.packages", lambda v: values.package(v, "debian"), b.get("packages", [])),
@@ -104,7 +116,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
     comps = {
         name: options
         for name, options in (data.get("components") or {}).items()
-        if _flag((options or {}).get("enabled"), default=True)
+        if c.flag(f"components.{name}.enabled", (options or {}).get("enabled"), default=True)
     }
     system_packages = None
     if "system-packages" in comps:
@@ -120,7 +132,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
     if "python" in comps:
         raw = comps["python"]
         version = c.check("components.python.version", lambda v: values.major_minor(v, "Python version"), raw["version"]) or "3"
-        source = raw.get("source", "system")
+        source = cast("Literal['system', 'existing']", c.check("components.python.source", lambda v: values.choice(v, "source", ("system", "existing")), raw.get("source", "system")) or "system")
         interpreter = raw.get("interpreter") or default_interpreter(family, version)
         if not interpreter.startswith("/"):
             interpreter = c.check("components.python.interpreter", lambda v: values.word(v, "interpreter"), interpreter) or "python3"
@@ -131,13 +143,13 @@ def build(  # noqa: C901, PLR0912, PLR0915
             source=source,
             interpreter=interpreter,
             venv=c.check("components.python.venv", lambda v: values.abs_path(v, "venv"), raw.get("venv", "/opt/venv")) or "/opt/venv",
-            system_site_packages=_flag(raw.get("system-site-packages"), default=False),
+            system_site_packages=c.flag("components.python.system-site-packages", raw.get("system-site-packages"), default=False),
         )
     pip = None
     if "pip" in comps:
         raw = comps["pip"] or {}
         file = raw.get("file")
-        require_hashes = _flag(raw.get("require-hashes"), default=False)
+        require_hashes = c.flag("components.pip.require-hashes", raw.get("require-hashes"), default=False)
         reqs = c.many("components.pip.requirements", values.requirement, raw.get("requirements", []))
         content = attachments.get(file) if file else None
         if not file and not reqs:
@@ -183,7 +195,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
         cuda = model.Cuda(
             version=c.check("components.cuda.version", lambda v: values.major_minor(v, "CUDA version"), raw["version"]) or "0.0",
             cudnn=c.check("components.cuda.cudnn", lambda v: values.major_minor(v, "cuDNN version"), cudnn) if cudnn else None,
-            source=raw.get("source", "system"),
+            source=cast("Literal['pip', 'system', 'image']", c.check("components.cuda.source", lambda v: values.choice(v, "source", ("pip", "system", "image")), raw.get("source", "system")) or "system"),
         )
     analysisbase = None
     if "analysisbase" in comps:
@@ -222,11 +234,11 @@ def build(  # noqa: C901, PLR0912, PLR0915
     user = data.get("user")
     publish = data.get("publish") or {}
     singularity = data.get("singularity") or {}
-    gpu = (data.get("gpu") or {}).get("check", "auto")
+    gpu = cast("model.GpuCheck", c.check("gpu.check", lambda v: values.choice(v, "gpu.check", ("required", "auto", "none")), (data.get("gpu") or {}).get("check", "auto")) or "auto")
     version = c.check("version", values.spec_version, data.get("version", "0.1.0")) or "0.1.0"
     result = model.Content(
         name=data["name"],
-        description=str(data.get("description", "")).strip(),
+        description=c.check("description", lambda v: values.one_line(v, "description"), str(data.get("description", "")).strip()) or "",
         version=version,
         extends=data.get("extends"),
         base=base,
@@ -243,8 +255,8 @@ def build(  # noqa: C901, PLR0912, PLR0915
         files=tuple(files),
         workdir=c.check("workdir", lambda v: values.abs_path(v, "workdir"), workdir) if workdir else None,
         user=c.check("user", lambda v: values.word(v, "user"), user) if user else None,
-        entrypoint=tuple(data["entrypoint"]) if data.get("entrypoint") is not None else None,
-        cmd=tuple(data["cmd"]) if data.get("cmd") is not None else None,
+        entrypoint=c.many("entrypoint", lambda v: values.one_line(v, "an exec-form argument"), data["entrypoint"]) if data.get("entrypoint") is not None else None,
+        cmd=c.many("cmd", lambda v: values.one_line(v, "an exec-form argument"), data["cmd"]) if data.get("cmd") is not None else None,
         labels=tuple(labels),
         tags=tuple(data.get("tags") or ()),
         smoke=tuple(smoke),
@@ -255,8 +267,8 @@ def build(  # noqa: C901, PLR0912, PLR0915
             immutable=tuple(publish.get("immutable", ())),
         ),
         singularity=model.Singularity(
-            sif=_flag(singularity.get("sif"), default=True),
-            sandbox=_flag(singularity.get("sandbox"), default=False),
+            sif=c.flag("singularity.sif", singularity.get("sif"), default=True),
+            sandbox=c.flag("singularity.sandbox", singularity.get("sandbox"), default=False),
         ),
     )
     return None if c.failed else result

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jsonschema
 
@@ -132,6 +132,13 @@ def _translate(error: jsonschema.ValidationError, filename: str, document: yamll
         types = [b.get("type") for b in error.validator_value if "type" in b]
         if "boolean" in types:
             return [problem(f"expected true or false, got {_type_name(error.instance)}")]
+        branches = cast("list[dict[str, Any]]", error.validator_value)
+        mapping = next((b for b in branches if b.get("type") == "object"), None)
+        if mapping is not None and isinstance(error.instance, dict):
+            sub = jsonschema.Draft202012Validator(mapping)
+            inner = [_translate(_rebase(e, parts), filename, document) for e in sub.iter_errors(error.instance)]
+            if inner:
+                return [p for found in inner for p in found]
         if isinstance(error.instance, (dict, list)) or error.instance is None or isinstance(error.instance, bool):
             return [problem(f"expected a string or a mapping, got {_type_name(error.instance)}")]
         return [problem(error.message)]

@@ -230,6 +230,25 @@ def smoke_command(value: str) -> str:
         raise ValueProblem("a smoke command must not be empty")
     if "\x00" in value:
         raise ValueProblem("a smoke command must not contain NUL bytes")
+    if re.search(r"[\n\r]%", value):
+        raise ValueProblem(
+            "a line of a smoke command must not start with %",
+            "in the Singularity definition file it would start a new section; indent the line",
+        )
+    return value
+
+
+def one_line(value: str, what: str) -> str:
+    """Printable text on one line (a description, an exec-form argument)."""
+    if not value.isprintable():
+        raise ValueProblem(f"{what} {value!r} must be printable text on one line")
+    return value
+
+
+def choice(value: str, what: str, allowed: tuple[str, ...]) -> str:
+    """One of a fixed set of words (checked again after matrix substitution)."""
+    if value not in allowed:
+        raise ValueProblem(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
     return value
 
 

@@ -34,6 +34,8 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _STR_TAG = "tag:yaml.org,2002:str"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class _Builder:
         if depth > MAX_DEPTH:
             self._fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in {_MAP_TAG, _SEQ_TAG}:
+            self._fail(node, path, f"unsupported YAML tag {node.tag!r}", "remove the `!tag`")
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
