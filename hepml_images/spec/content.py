@@ -152,7 +152,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
         require_hashes = c.flag("components.pip.require-hashes", raw.get("require-hashes"), default=False)
         reqs = c.many("components.pip.requirements", values.requirement, raw.get("requirements", []))
         content = attachments.get(file) if file else None
-        if not file and not reqs:
+        if not file and not raw.get("requirements"):
             report("components.pip", "pip needs `requirements:` or `file:`")
             c.failed = True
         if require_hashes and not file:

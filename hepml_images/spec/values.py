@@ -162,7 +162,9 @@ def requirement(value: str) -> str:
     try:
         req = Requirement(value)
     except InvalidRequirement as exc:
-        raise ValueProblem(f"{value!r} is not a valid requirement: {exc}", "for example numpy==2.1.3 or uproot>=5") from None
+        # packaging's message is several lines (the text and a caret); a problem is one line
+        reason = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise ValueProblem(f"{value!r} is not a valid requirement: {reason}", "for example numpy==2.1.3 or uproot>=5") from None
     if "\n" in value or value.strip().startswith("-"):
         raise ValueProblem(f"{value!r} is not a requirement specifier", "pip options belong in component options, not requirements")
     return str(req)
