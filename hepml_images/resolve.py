@@ -525,6 +525,17 @@ def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
             variant = _resolve_one(spec, parent, ctx, axis_values, problems)
             if variant is not None:
                 variants.append(variant)
+        seen_tags: dict[str, str] = {}
+        for variant in variants:
+            for tag in variant.tags:
+                other = seen_tags.setdefault(tag, variant.slug)
+                if other != variant.slug:
+                    problems.add(
+                        spec,
+                        "tags",
+                        f"tag {tag!r} is given to variants {other} and {variant.slug}",
+                        "put a ${{ matrix.NAME }} in every tag template of a spec with a matrix",
+                    )
         slugs = [v.slug for v in variants]
         if len(set(slugs)) != len(slugs):
             problems.add(
@@ -564,10 +575,13 @@ def _resolve_one(
     context.update(
         {"spec.name": str(data["name"]), "spec.version": str(data.get("version", "0.1.0"))}
     )
+    before_substitution = len(problems.items)
     substituted = {
         k: (v if k in _NOT_SUBSTITUTED else _substitute(v, context, report, k))
         for k, v in data.items()
     }
+    if len(problems.items) > before_substitution:
+        return None  # values that still hold an expression would only give misleading problems
     inherited = parent.inherited if parent else None
     content = content_builder.build(
         substituted,
@@ -599,6 +613,16 @@ def _resolve_one(
         ("io.hepml.variant", slug),
         *((f"io.hepml.version.{k}", v) for k, v in versions.items()),
     )
+    own_entrypoint = _entrypoint(content, planned)
+    own_cmd = _cmd(content, image_base)
+    # Docker: a child inherits ENTRYPOINT and CMD; setting ENTRYPOINT resets the inherited CMD.
+    runtime = ir.Runtime(
+        entrypoint=own_entrypoint if own_entrypoint is not None else inherited.entrypoint,
+        cmd=own_cmd
+        if own_cmd is not None
+        else (None if own_entrypoint is not None else inherited.cmd),
+        workdir=planned.inherited.workdir,
+    )
     image_plan = ir.ImagePlan(
         name=content.name,
         slug=slug,
@@ -608,8 +632,9 @@ def _resolve_one(
         inherited_env=inherited.env,
         inherited_workdir=inherited.workdir,
         steps=planned.steps,
-        entrypoint=_entrypoint(content, planned),
-        cmd=_cmd(content, image_base),
+        entrypoint=own_entrypoint,
+        cmd=own_cmd,
+        runtime=runtime,
         labels=tuple(sorted(dict(labels).items())),
         tests=planned.inherited.tests,
         context=tuple(sorted(planned.context, key=lambda f: f.name)),
@@ -647,7 +672,7 @@ def _resolve_one(
         immutable_tags=immutable,
         plan=image_plan,
         digest=digest,
-        inherited=planned.inherited,
+        inherited=replace(planned.inherited, entrypoint=runtime.entrypoint, cmd=runtime.cmd),
     )
 
 

@@ -41,6 +41,9 @@ def test_golden(key: str, update_golden: bool) -> None:
     directory = GOLDEN / key
     expected = _files(key)
     if update_golden:
+        for stale in directory.rglob("*") if directory.exists() else ():
+            if stale.is_file() and str(stale.relative_to(directory)) not in expected:
+                stale.unlink()
         for name, content in expected.items():
             path = directory / name
             path.parent.mkdir(parents=True, exist_ok=True)

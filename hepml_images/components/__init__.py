@@ -48,6 +48,8 @@ class Inherited:
     user: str | None = None
     versions: tuple[tuple[str, str], ...] = ()
     tests: tuple[ir.Test, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +71,9 @@ class _Builder:
         if commands:
             self.steps.append(ir.Run(title=title, commands=commands, wrapper=wrapper))
 
-    def set_env(self, *items: tuple[str, str]) -> None:
+    def set_env(self, *items: tuple[str, str], merge: bool = True) -> None:
         last = self.steps[-1] if self.steps else None
-        if isinstance(last, ir.SetEnv):
+        if merge and isinstance(last, ir.SetEnv):
             self.steps[-1] = ir.SetEnv(items=(*last.items, *items))
         else:
             self.steps.append(ir.SetEnv(items=items))
@@ -139,7 +141,10 @@ def _cuda_system(content: Content, family: Family, release: str | None) -> tuple
             *packages.install(family, libs),
         )
     repo_file = f"/etc/yum.repos.d/cuda-{repo}.repo"
+    manager = "dnf" if family == "el9" else "yum"
     return (
+        # curl-minimal (el9) or curl is usually there; installing curl over curl-minimal conflicts
+        f"{{ command -v curl >/dev/null || {manager} install -y curl; }}",
         f"curl -fsSLo {repo_file} {shlex.quote(f'{base}/cuda-{repo}.repo')}",
         *packages.install(family, libs),
     )
@@ -233,7 +238,7 @@ def plan(
             sources.append((pip.file.rsplit("/", 1)[-1], pip.file_content, pip.require_hashes))
         if pip.requirements:
             text = "".join(f"{req}\n" for req in pip.requirements)
-            sources.append((f"{content.name}.txt", text.encode(), False))
+            sources.append((f"{content.name}.inline-requirements.txt", text.encode(), False))
         for name, data, hashed in sources:
             dest = f"{REQUIREMENTS_DIR}/{name}"
             out.context.append(ir.ContextFile(name=f"requirements/{name}", content=data))
@@ -251,8 +256,10 @@ def plan(
         out.context.append(ir.ContextFile(name=ctx, content=copy.content, mode=mode or 0o644))
         out.steps.append(ir.Copy(src=ctx, dest=copy.dest, mode=mode))
 
-    if content.env:
-        out.set_env(*content.env)
+    # One ENV per variable: Docker substitutes `$NAME` inside one ENV instruction with the values
+    # from before it, a shell's exports one after the other; separate instructions agree.
+    for item in content.env:
+        out.set_env(item, merge=False)
 
     workdir = content.workdir or parent.workdir
     if content.workdir:

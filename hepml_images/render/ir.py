@@ -114,6 +114,15 @@ class Test:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Runtime:
+    """What the container does when run: the effective entrypoint, command and directory."""
+
+    entrypoint: tuple[str, ...] | None
+    cmd: tuple[str, ...] | None
+    workdir: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ImagePlan:
     """Everything a writer needs to produce one image's build files."""
 
@@ -126,8 +135,11 @@ class ImagePlan:
     inherited_env: tuple[tuple[str, str], ...]
     inherited_workdir: str | None
     steps: tuple[Step, ...]
+    #: ENTRYPOINT and CMD this image sets itself (Dockerfile)
     entrypoint: tuple[str, ...] | None
     cmd: tuple[str, ...] | None
+    #: what a container runs, parents' settings included (the %runscript)
+    runtime: Runtime
     labels: tuple[tuple[str, str], ...]
     tests: tuple[Test, ...]
     context: tuple[ContextFile, ...]

@@ -137,16 +137,16 @@ def _post_sections(plan: ir.ImagePlan) -> list[dict[str, Any]]:
 
 
 def _runscript(plan: ir.ImagePlan) -> list[str] | None:
-    if plan.entrypoint is None and plan.cmd is None:
+    runtime = plan.runtime
+    if runtime.entrypoint is None and runtime.cmd is None:
         return None
     lines: list[str] = []
-    workdir = next((s.path for s in reversed(plan.steps) if isinstance(s, ir.Workdir)), None)
-    if workdir:
-        lines.append(f"cd {shlex.quote(workdir)}")
-    if plan.cmd:
-        lines.append(f'if [ "$#" -eq 0 ]; then set -- {_words(plan.cmd)}; fi')
-    if plan.entrypoint:
-        lines.append(f'exec {_words(plan.entrypoint)} "$@"')
+    if runtime.workdir:
+        lines.append(f"cd {shlex.quote(runtime.workdir)}")
+    if runtime.cmd:
+        lines.append(f'if [ "$#" -eq 0 ]; then set -- {_words(runtime.cmd)}; fi')
+    if runtime.entrypoint:
+        lines.append(f'exec {_words(runtime.entrypoint)} "$@"')
     else:
         lines.append('exec "$@"')
     return lines

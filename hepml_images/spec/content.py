@@ -105,7 +105,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
         release = raw_base.get("release")
         base = model.ImageBase(
             image=c.check("base.image", values.image_ref, raw_base["image"]) or "",
-            digest=c.check("base.digest", values.image_digest, raw_base["digest"]) if raw_base.get("digest") else None,
+            digest=c.check("base.digest", values.image_digest, raw_base["digest"]) if raw_base.get("digest") is not None else None,
             family=fam,
             release=c.check("base.release", lambda v: values.word(v, "release"), release) if release else None,
         )
@@ -176,7 +176,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
             file=file,
             file_content=content,
             require_hashes=require_hashes,
-            index_url=c.check("components.pip.index-url", lambda v: values.url(v, "index-url"), index_url) if index_url else None,
+            index_url=c.check("components.pip.index-url", lambda v: values.url(v, "index-url"), index_url) if index_url is not None else None,
         )
     tensorflow = None
     if "tensorflow" in comps:
@@ -220,7 +220,7 @@ def build(  # noqa: C901, PLR0912, PLR0915
     files = []
     for index, item in enumerate(data.get("files") or []):
         dest = c.check(f"files[{index}].dest", lambda v: values.abs_path(v, "dest"), item["dest"])
-        mode = c.check(f"files[{index}].mode", values.file_mode, item["mode"]) if item.get("mode") else None
+        mode = c.check(f"files[{index}].mode", values.file_mode, item["mode"]) if item.get("mode") is not None else None
         if dest is not None and item["src"] in attachments:
             files.append(model.FileCopy(src=item["src"], dest=dest, mode=mode, content=attachments[item["src"]]))
     smoke = []
@@ -253,8 +253,8 @@ def build(  # noqa: C901, PLR0912, PLR0915
         ),
         env=tuple(env),
         files=tuple(files),
-        workdir=c.check("workdir", lambda v: values.abs_path(v, "workdir"), workdir) if workdir else None,
-        user=c.check("user", lambda v: values.word(v, "user"), user) if user else None,
+        workdir=c.check("workdir", lambda v: values.abs_path(v, "workdir"), workdir) if workdir is not None else None,
+        user=c.check("user", lambda v: values.word(v, "user"), user) if user is not None else None,
         entrypoint=c.many("entrypoint", lambda v: values.one_line(v, "an exec-form argument"), data["entrypoint"]) if data.get("entrypoint") is not None else None,
         cmd=c.many("cmd", lambda v: values.one_line(v, "an exec-form argument"), data["cmd"]) if data.get("cmd") is not None else None,
         labels=tuple(labels),

@@ -130,6 +130,11 @@ def env_value(value: str) -> str:
             f"environment value {value!r} contains {match.group()!r}, which is not allowed",
             "values may use $VAR and ${VAR}, but no backquotes, $( ), double quotes, backslashes or newlines",
         )
+    if not value.isprintable():
+        raise ValueProblem(
+            f"environment value {value!r} must be printable text on one line",
+            "no tabs, control characters or line separators",
+        )
     for ref in re.finditer(r"\$(\{[^}]*\}?|.?)", value):
         body = ref.group(1)
         if not (re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", body) or re.fullmatch(r"[A-Za-z_]", body)):
