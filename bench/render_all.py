@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from hepml_images.pipeline import render_variants, resolve_directory
 from hepml_images.render.writers import environment
 from hepml_images.spec.load import shipped_dir
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RUNS = 20
 
@@ -54,8 +57,13 @@ def main() -> None:
     parse_best, parse_median, files = _best(_parse_only, paths)
     print(f"specs: {files} files, {variants} variants")
     print(f"render everything (first run, templates compiled): {cold * 1000:.1f} ms")
-    print(f"render everything: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms ({RUNS} runs)")
-    print(f"yaml.safe_load of the same files: best {parse_best * 1000:.1f} ms, median {parse_median * 1000:.1f} ms")
+    print(
+        f"render everything: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms ({RUNS} runs)"
+    )
+    print(
+        f"yaml.safe_load of the same files: best {parse_best * 1000:.1f} ms,"
+        f" median {parse_median * 1000:.1f} ms"
+    )
     print(f"ratio render-all / parse-only (median): {median / parse_median:.1f}x")
     print(f"per variant: {median / variants * 1000:.2f} ms")
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 T = TypeVar("T")
+_SHOWN = 3  # unhashed requirements named in the message
 
 
 class Report(Protocol):
@@ -52,7 +53,11 @@ class _Checker:
 
     def flag(self, path: str, value: Any, *, default: bool) -> bool:
         """A boolean, or the text of one after matrix substitution (`true`, `false` …)."""
-        if value is not None and not isinstance(value, bool) and str(value).lower() not in _TRUE | _FALSE:
+        if (
+            value is not None
+            and not isinstance(value, bool)
+            and str(value).lower() not in _TRUE | _FALSE
+        ):
             self.report(path, f"expected true or false, got {value!r}")
             self.failed = True
             return default
@@ -74,7 +79,7 @@ def default_interpreter(family: model.Family, version: str) -> str:
     return "python3"
 
 
-def build(  # noqa: C901, PLR0912, PLR0915
+def build(  # noqa: C901
     data: Mapping[str, Any],
     *,
     family: model.Family | None,
@@ -87,14 +92,31 @@ def build(  # noqa: C901, PLR0912, PLR0915
     raw_base = data.get("base")
     if isinstance(raw_base, dict) and "bootstrap" in raw_base:
         b = raw_base["bootstrap"]
-        mirror = c.check("base.bootstrap.mirror", lambda v: values.url(v, "mirror"), b.get("mirror", "http://deb.debian.org/debian"))
+        mirror = c.check(
+            "base.bootstrap.mirror",
+            lambda v: values.url(v, "mirror"),
+            b.get("mirror", "http://deb.debian.org/debian"),
+        )
         base = model.Bootstrap(
             distro="debian",
             suite=c.check("base.bootstrap.suite", values.suite, b["suite"]) or "",
-            variant=c.check("base.bootstrap.variant", lambda v: values.choice(v, "variant", ("minbase", "buildd", "standard")), b.get("variant", "minbase")) or "minbase",
+            variant=c.check(
+                "base.bootstrap.variant",
+                lambda v: values.choice(v, "variant", ("minbase", "buildd", "standard")),
+                b.get("variant", "minbase"),
+            )
+            or "minbase",
             mirror=mirror or "",
-            components=c.many("base.bootstrap.components", lambda v: values.word(v, "component"), b.get("components", ["main"])),
-            packages=c.many("base.bootstrap.packages", lambda v: values.package(v, "debian"), b.get("packages", [])),
+            components=c.many(
+                "base.bootstrap.components",
+                lambda v: values.word(v, "component"),
+                b.get("components", ["main"]),
+            ),
+            packages=c.many(
+                "base.bootstrap.packages",
+                lambda v: values.package(v, "debian"),
+                b.get("packages", []),
+            ),
         )
         family = "debian"
     elif isinstance(raw_base, dict):
@@ -105,9 +127,13 @@ def build(  # noqa: C901, PLR0912, PLR0915
         release = raw_base.get("release")
         base = model.ImageBase(
             image=c.check("base.image", values.image_ref, raw_base["image"]) or "",
-            digest=c.check("base.digest", values.image_digest, raw_base["digest"]) if raw_base.get("digest") is not None else None,
+            digest=c.check("base.digest", values.image_digest, raw_base["digest"])
+            if raw_base.get("digest") is not None
+            else None,
             family=fam,
-            release=c.check("base.release", lambda v: values.word(v, "release"), release) if release else None,
+            release=c.check("base.release", lambda v: values.word(v, "release"), release)
+            if release
+            else None,
         )
         family = fam
     if family is None:  # the parent failed; its problems are reported already
@@ -121,53 +147,115 @@ def build(  # noqa: C901, PLR0912, PLR0915
     system_packages = None
     if "system-packages" in comps:
         system_packages = model.SystemPackages(
-            packages=c.many("components.system-packages.packages", lambda v: values.package(v, family), comps["system-packages"]["packages"])
+            packages=c.many(
+                "components.system-packages.packages",
+                lambda v: values.package(v, family),
+                comps["system-packages"]["packages"],
+            )
         )
     hdf5 = None
     if "hdf5" in comps:
         raw = comps["hdf5"] or {}
         version = raw.get("version")
-        hdf5 = model.Hdf5(version=c.check("components.hdf5.version", lambda v: values.release(v, "HDF5 version"), version) if version else None)
+        hdf5 = model.Hdf5(
+            version=c.check(
+                "components.hdf5.version", lambda v: values.release(v, "HDF5 version"), version
+            )
+            if version
+            else None
+        )
     python = None
     if "python" in comps:
         raw = comps["python"]
-        version = c.check("components.python.version", lambda v: values.major_minor(v, "Python version"), raw["version"]) or "3"
-        source = cast("Literal['system', 'existing']", c.check("components.python.source", lambda v: values.choice(v, "source", ("system", "existing")), raw.get("source", "system")) or "system")
+        version = (
+            c.check(
+                "components.python.version",
+                lambda v: values.major_minor(v, "Python version"),
+                raw["version"],
+            )
+            or "3"
+        )
+        source = cast(
+            "Literal['system', 'existing']",
+            c.check(
+                "components.python.source",
+                lambda v: values.choice(v, "source", ("system", "existing")),
+                raw.get("source", "system"),
+            )
+            or "system",
+        )
         interpreter = raw.get("interpreter") or default_interpreter(family, version)
         if not interpreter.startswith("/"):
-            interpreter = c.check("components.python.interpreter", lambda v: values.word(v, "interpreter"), interpreter) or "python3"
+            interpreter = (
+                c.check(
+                    "components.python.interpreter",
+                    lambda v: values.word(v, "interpreter"),
+                    interpreter,
+                )
+                or "python3"
+            )
         else:
-            interpreter = c.check("components.python.interpreter", lambda v: values.abs_path(v, "interpreter"), interpreter) or "python3"
+            interpreter = (
+                c.check(
+                    "components.python.interpreter",
+                    lambda v: values.abs_path(v, "interpreter"),
+                    interpreter,
+                )
+                or "python3"
+            )
         python = model.Python(
             version=version,
             source=source,
             interpreter=interpreter,
-            venv=c.check("components.python.venv", lambda v: values.abs_path(v, "venv"), raw.get("venv", "/opt/venv")) or "/opt/venv",
-            system_site_packages=c.flag("components.python.system-site-packages", raw.get("system-site-packages"), default=False),
+            venv=c.check(
+                "components.python.venv",
+                lambda v: values.abs_path(v, "venv"),
+                raw.get("venv", "/opt/venv"),
+            )
+            or "/opt/venv",
+            system_site_packages=c.flag(
+                "components.python.system-site-packages",
+                raw.get("system-site-packages"),
+                default=False,
+            ),
         )
     pip = None
     if "pip" in comps:
         raw = comps["pip"] or {}
         file = raw.get("file")
-        require_hashes = c.flag("components.pip.require-hashes", raw.get("require-hashes"), default=False)
-        reqs = c.many("components.pip.requirements", values.requirement, raw.get("requirements", []))
+        require_hashes = c.flag(
+            "components.pip.require-hashes", raw.get("require-hashes"), default=False
+        )
+        reqs = c.many(
+            "components.pip.requirements", values.requirement, raw.get("requirements", [])
+        )
         content = attachments.get(file) if file else None
         if not file and not raw.get("requirements"):
             report("components.pip", "pip needs `requirements:` or `file:`")
             c.failed = True
         if require_hashes and not file:
-            report("components.pip.require-hashes", "require-hashes needs a hash-locked requirements `file:`", "lock one with `uv pip compile --generate-hashes`")
+            report(
+                "components.pip.require-hashes",
+                "require-hashes needs a hash-locked requirements `file:`",
+                "lock one with `uv pip compile --generate-hashes`",
+            )
             c.failed = True
         if require_hashes and reqs:
-            report("components.pip.requirements", "inline requirements cannot be combined with require-hashes", "put every requirement, with hashes, in the lock file")
+            report(
+                "components.pip.requirements",
+                "inline requirements cannot be combined with require-hashes",
+                "put every requirement, with hashes, in the lock file",
+            )
             c.failed = True
         if require_hashes and content is not None:
             unhashed = _unhashed_requirements(content)
             if unhashed:
                 report(
                     "components.pip.file",
-                    f"{file} is not hash-locked: no --hash for {', '.join(unhashed[:3])}" + (" …" if len(unhashed) > 3 else ""),
-                    "lock it with `uv pip compile --generate-hashes` or `pip-compile --generate-hashes`",
+                    f"{file} is not hash-locked: no --hash for {', '.join(unhashed[:_SHOWN])}"
+                    + (" …" if len(unhashed) > _SHOWN else ""),
+                    "lock it with `uv pip compile --generate-hashes`"
+                    " or `pip-compile --generate-hashes`",
                 )
                 c.failed = True
         index_url = raw.get("index-url")
@@ -176,33 +264,72 @@ def build(  # noqa: C901, PLR0912, PLR0915
             file=file,
             file_content=content,
             require_hashes=require_hashes,
-            index_url=c.check("components.pip.index-url", lambda v: values.url(v, "index-url"), index_url) if index_url is not None else None,
+            index_url=c.check(
+                "components.pip.index-url", lambda v: values.url(v, "index-url"), index_url
+            )
+            if index_url is not None
+            else None,
         )
     tensorflow = None
     if "tensorflow" in comps:
         raw = comps["tensorflow"]
         tensorflow = model.Tensorflow(
-            version=c.check("components.tensorflow.version", lambda v: values.release(v, "TensorFlow version"), raw["version"]) or "0",
+            version=c.check(
+                "components.tensorflow.version",
+                lambda v: values.release(v, "TensorFlow version"),
+                raw["version"],
+            )
+            or "0",
             accelerator=raw["accelerator"],
         )
         if raw["accelerator"] not in {"cpu", "cuda"}:
-            report("components.tensorflow.accelerator", f"expected cpu or cuda, got {raw['accelerator']!r}")
+            report(
+                "components.tensorflow.accelerator",
+                f"expected cpu or cuda, got {raw['accelerator']!r}",
+            )
             c.failed = True
     cuda = None
     if "cuda" in comps:
         raw = comps["cuda"]
         cudnn = raw.get("cudnn")
         cuda = model.Cuda(
-            version=c.check("components.cuda.version", lambda v: values.major_minor(v, "CUDA version"), raw["version"]) or "0.0",
-            cudnn=c.check("components.cuda.cudnn", lambda v: values.major_minor(v, "cuDNN version"), cudnn) if cudnn else None,
-            source=cast("Literal['pip', 'system', 'image']", c.check("components.cuda.source", lambda v: values.choice(v, "source", ("pip", "system", "image")), raw.get("source", "system")) or "system"),
+            version=c.check(
+                "components.cuda.version",
+                lambda v: values.major_minor(v, "CUDA version"),
+                raw["version"],
+            )
+            or "0.0",
+            cudnn=c.check(
+                "components.cuda.cudnn", lambda v: values.major_minor(v, "cuDNN version"), cudnn
+            )
+            if cudnn
+            else None,
+            source=cast(
+                "Literal['pip', 'system', 'image']",
+                c.check(
+                    "components.cuda.source",
+                    lambda v: values.choice(v, "source", ("pip", "system", "image")),
+                    raw.get("source", "system"),
+                )
+                or "system",
+            ),
         )
     analysisbase = None
     if "analysisbase" in comps:
         raw = comps["analysisbase"]
         analysisbase = model.AnalysisBase(
-            release=c.check("components.analysisbase.release", lambda v: values.release(v, "AnalysisBase release"), raw["release"]) or "0",
-            setup=c.check("components.analysisbase.setup", lambda v: values.abs_path(v, "setup"), raw.get("setup", "/release_setup.sh")) or "/",
+            release=c.check(
+                "components.analysisbase.release",
+                lambda v: values.release(v, "AnalysisBase release"),
+                raw["release"],
+            )
+            or "0",
+            setup=c.check(
+                "components.analysisbase.setup",
+                lambda v: values.abs_path(v, "setup"),
+                raw.get("setup", "/release_setup.sh"),
+            )
+            or "/",
         )
 
     env = []
@@ -220,9 +347,17 @@ def build(  # noqa: C901, PLR0912, PLR0915
     files = []
     for index, item in enumerate(data.get("files") or []):
         dest = c.check(f"files[{index}].dest", lambda v: values.abs_path(v, "dest"), item["dest"])
-        mode = c.check(f"files[{index}].mode", values.file_mode, item["mode"]) if item.get("mode") is not None else None
+        mode = (
+            c.check(f"files[{index}].mode", values.file_mode, item["mode"])
+            if item.get("mode") is not None
+            else None
+        )
         if dest is not None and item["src"] in attachments:
-            files.append(model.FileCopy(src=item["src"], dest=dest, mode=mode, content=attachments[item["src"]]))
+            files.append(
+                model.FileCopy(
+                    src=item["src"], dest=dest, mode=mode, content=attachments[item["src"]]
+                )
+            )
     smoke = []
     for index, item in enumerate(data.get("smoke") or []):
         run = item if isinstance(item, str) else item["run"]
@@ -234,11 +369,24 @@ def build(  # noqa: C901, PLR0912, PLR0915
     user = data.get("user")
     publish = data.get("publish") or {}
     singularity = data.get("singularity") or {}
-    gpu = cast("model.GpuCheck", c.check("gpu.check", lambda v: values.choice(v, "gpu.check", ("required", "auto", "none")), (data.get("gpu") or {}).get("check", "auto")) or "auto")
+    gpu = cast(
+        "model.GpuCheck",
+        c.check(
+            "gpu.check",
+            lambda v: values.choice(v, "gpu.check", ("required", "auto", "none")),
+            (data.get("gpu") or {}).get("check", "auto"),
+        )
+        or "auto",
+    )
     version = c.check("version", values.spec_version, data.get("version", "0.1.0")) or "0.1.0"
     result = model.Content(
         name=data["name"],
-        description=c.check("description", lambda v: values.one_line(v, "description"), str(data.get("description", "")).strip()) or "",
+        description=c.check(
+            "description",
+            lambda v: values.one_line(v, "description"),
+            str(data.get("description", "")).strip(),
+        )
+        or "",
         version=version,
         extends=data.get("extends"),
         base=base,
@@ -253,16 +401,26 @@ def build(  # noqa: C901, PLR0912, PLR0915
         ),
         env=tuple(env),
         files=tuple(files),
-        workdir=c.check("workdir", lambda v: values.abs_path(v, "workdir"), workdir) if workdir is not None else None,
+        workdir=c.check("workdir", lambda v: values.abs_path(v, "workdir"), workdir)
+        if workdir is not None
+        else None,
         user=c.check("user", lambda v: values.word(v, "user"), user) if user is not None else None,
-        entrypoint=c.many("entrypoint", lambda v: values.one_line(v, "an exec-form argument"), data["entrypoint"]) if data.get("entrypoint") is not None else None,
-        cmd=c.many("cmd", lambda v: values.one_line(v, "an exec-form argument"), data["cmd"]) if data.get("cmd") is not None else None,
+        entrypoint=c.many(
+            "entrypoint", lambda v: values.one_line(v, "an exec-form argument"), data["entrypoint"]
+        )
+        if data.get("entrypoint") is not None
+        else None,
+        cmd=c.many("cmd", lambda v: values.one_line(v, "an exec-form argument"), data["cmd"])
+        if data.get("cmd") is not None
+        else None,
         labels=tuple(labels),
         tags=tuple(data.get("tags") or ()),
         smoke=tuple(smoke),
         gpu=gpu,
         publish=model.Publish(
-            repositories=c.many("publish.repositories", values.repository, publish.get("repositories", [])),
+            repositories=c.many(
+                "publish.repositories", values.repository, publish.get("repositories", [])
+            ),
             tags=tuple(publish.get("tags", ())),
             immutable=tuple(publish.get("immutable", ())),
         ),
@@ -279,7 +437,11 @@ def _unhashed_requirements(content: bytes) -> list[str]:
     text = content.decode("utf-8", errors="replace").replace("\\\n", " ")
     missing = []
     for line in text.splitlines():
-        stripped = line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line.strip()
+        stripped = (
+            line.split("#", 1)[0].strip()
+            if not line.lstrip().startswith("--hash")
+            else line.strip()
+        )
         if not stripped or stripped.startswith("-"):
             continue
         if "--hash=" not in line:

@@ -8,14 +8,16 @@ Every problem found is collected and raised together as one ``SpecError``.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from hepml_images.errors import Problem, SpecError
-from hepml_images.spec import yamlload
+from hepml_images.resources import data_path
+from hepml_images.spec import values, yamlload
 from hepml_images.spec.model import SpecFile
 from hepml_images.spec.schema import EXPRESSION, SPEC_SCHEMA
 
@@ -85,9 +87,13 @@ def _type_name(value: Any) -> str:
     return f"{value!r}"
 
 
-def _schema_problems(spec: SpecFile | Any, data: Any, filename: str, document: yamlload.Document) -> list[Problem]:
+def _schema_problems(
+    spec: SpecFile | Any, data: Any, filename: str, document: yamlload.Document
+) -> list[Problem]:
     problems: list[Problem] = []
-    for error in sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+    for error in sorted(
+        _VALIDATOR.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
+    ):
         problems.extend(_translate(error, filename, document))
     del spec
     # one message per place is enough
@@ -97,7 +103,9 @@ def _schema_problems(spec: SpecFile | Any, data: Any, filename: str, document: y
     return list(unique.values())
 
 
-def _translate(error: jsonschema.ValidationError, filename: str, document: yamlload.Document) -> list[Problem]:
+def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one flat list
+    error: jsonschema.ValidationError, filename: str, document: yamlload.Document
+) -> list[Problem]:
     parts = list(error.absolute_path)
     path = _key_path(parts)
     line = document.line(path)
@@ -107,53 +115,91 @@ def _translate(error: jsonschema.ValidationError, filename: str, document: yamll
         return Problem(filename, document.line(where) if at else line, where, message, hint)
 
     validator = error.validator
+    # jsonschema's stubs type these as possibly ``Unset``; on a reported error they are set
+    rule: Any = error.validator_value
+    schema: Any = error.schema
     if validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
+        allowed = set(schema.get("properties", {}))
         out = []
         for key in sorted(set(error.instance) - allowed):
             what = "component" if path == "components" else "key"
-            out.append(problem(f"unknown {what} {key!r}", did_you_mean(key, allowed) or f"allowed: {', '.join(sorted(allowed))}", yamlload.join(path, key)))
+            out.append(
+                problem(
+                    f"unknown {what} {key!r}",
+                    did_you_mean(key, allowed) or f"allowed: {', '.join(sorted(allowed))}",
+                    yamlload.join(path, key),
+                )
+            )
         return out
     if validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return [problem(f"missing required key {missing!r}")]
     if validator == "type":
-        expected = error.validator_value
+        expected = rule
         names = [expected] if isinstance(expected, str) else list(expected)
         wanted = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
         return [problem(f"expected {wanted}, got {_type_name(error.instance)}")]
     if validator == "enum":
-        choices = [str(c) for c in error.validator_value]
-        return [problem(f"expected one of {', '.join(choices)}; got {error.instance!r}", did_you_mean(str(error.instance), choices))]
+        choices = [str(c) for c in rule]
+        return [
+            problem(
+                f"expected one of {', '.join(choices)}; got {error.instance!r}",
+                did_you_mean(str(error.instance), choices),
+            )
+        ]
     if validator == "anyOf":
-        enum = next((b["enum"] for b in error.validator_value if "enum" in b), None)
+        enum = next((b["enum"] for b in rule if "enum" in b), None)
         if enum is not None and isinstance(error.instance, str):
-            return [problem(f"expected one of {', '.join(enum)}; got {error.instance!r}", did_you_mean(error.instance, enum))]
-        types = [b.get("type") for b in error.validator_value if "type" in b]
+            return [
+                problem(
+                    f"expected one of {', '.join(enum)}; got {error.instance!r}",
+                    did_you_mean(error.instance, enum),
+                )
+            ]
+        types = [b.get("type") for b in rule if "type" in b]
         if "boolean" in types:
             return [problem(f"expected true or false, got {_type_name(error.instance)}")]
-        branches = cast("list[dict[str, Any]]", error.validator_value)
+        branches: list[dict[str, Any]] = rule
         mapping = next((b for b in branches if b.get("type") == "object"), None)
         if mapping is not None and isinstance(error.instance, dict):
             sub = jsonschema.Draft202012Validator(mapping)
-            inner = [_translate(_rebase(e, parts), filename, document) for e in sub.iter_errors(error.instance)]
+            inner = [
+                _translate(_rebase(e, parts), filename, document)
+                for e in sub.iter_errors(error.instance)
+            ]
             if inner:
                 return [p for found in inner for p in found]
-        if isinstance(error.instance, (dict, list)) or error.instance is None or isinstance(error.instance, bool):
+        if (
+            isinstance(error.instance, (dict, list))
+            or error.instance is None
+            or isinstance(error.instance, bool)
+        ):
             return [problem(f"expected a string or a mapping, got {_type_name(error.instance)}")]
         return [problem(error.message)]
     if validator == "oneOf":
         if path == "" and isinstance(error.instance, dict):
             both = "base" in error.instance and "extends" in error.instance
             if both:
-                return [problem("a spec has either `base` or `extends`, not both", "a spec built FROM another spec's image takes its base from that spec")]
-            return [problem("a spec needs `base` (an image or a bootstrap) or `extends` (another spec)")]
+                return [
+                    problem(
+                        "a spec has either `base` or `extends`, not both",
+                        "a spec built FROM another spec's image takes its base from that spec",
+                    )
+                ]
+            return [
+                problem("a spec needs `base` (an image or a bootstrap) or `extends` (another spec)")
+            ]
         if path == "base" and isinstance(error.instance, dict):
             branch = 1 if "bootstrap" in error.instance else 0
             if "bootstrap" in error.instance and set(error.instance) - {"bootstrap"}:
                 extra = sorted(set(error.instance) - {"bootstrap"})
-                return [problem(f"`base.bootstrap` cannot be combined with {', '.join(extra)}", "use either `image:` + `family:` or `bootstrap:`")]
-            sub = jsonschema.Draft202012Validator(error.validator_value[branch])
+                return [
+                    problem(
+                        f"`base.bootstrap` cannot be combined with {', '.join(extra)}",
+                        "use either `image:` + `family:` or `bootstrap:`",
+                    )
+                ]
+            sub = jsonschema.Draft202012Validator(rule[branch])
             out = []
             for inner in sub.iter_errors(error.instance):
                 inner.path.extendleft(reversed(parts))
@@ -162,20 +208,30 @@ def _translate(error: jsonschema.ValidationError, filename: str, document: yamll
         return [problem(f"expected {_type_name(error.instance)} to be a string or a mapping")]
     if validator == "pattern":
         if path == "name":
-            return [problem(f"spec name {error.instance!r} may contain only lower-case letters, digits and dashes", "it is also the image repository name")]
+            return [
+                problem(
+                    f"spec name {error.instance!r} may contain only lower-case letters,"
+                    " digits and dashes",
+                    "it is also the image repository name",
+                )
+            ]
         return [problem(f"{error.instance!r} does not match the expected form")]
     if validator == "propertyNames":
-        return [problem(f"matrix axis name {error.instance!r} must be lower-case letters, digits and _")]
+        return [
+            problem(f"matrix axis name {error.instance!r} must be lower-case letters, digits and _")
+        ]
     if validator == "minItems":
         return [problem("the list must not be empty")]
     return [problem(error.message)]
 
 
-def _rebase(error: jsonschema.ValidationError, parts: list[str | int]) -> jsonschema.ValidationError:
+def _rebase(
+    error: jsonschema.ValidationError, parts: list[str | int]
+) -> jsonschema.ValidationError:
     """Make ``absolute_path`` of an error found in a sub-validation include the outer path."""
     error.relative_path.clear()
     error.relative_path.extend(parts)
-    error.relative_path.extend(list(error.path)[len(parts):])
+    error.relative_path.extend(list(error.path)[len(parts) :])
     return error
 
 
@@ -183,20 +239,41 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
     """Read, parse and schema-check one spec file, and read the files it refers to."""
     filename = str(path)
     if path.is_dir():
-        raise SpecError([Problem(filename, None, "", "is a directory, not a spec file", "give a .yaml file, or use `--specs DIR` with `list`")])
+        raise SpecError(
+            [
+                Problem(
+                    filename,
+                    None,
+                    "",
+                    "is a directory, not a spec file",
+                    "give a .yaml file, or use `--specs DIR` with `list`",
+                )
+            ]
+        )
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError([Problem(filename, None, "", "no such file")]) from None
     except OSError as exc:
-        raise SpecError([Problem(filename, None, "", f"cannot read the file: {exc.strerror}")]) from None
+        raise SpecError(
+            [Problem(filename, None, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
     try:
         document = yamlload.parse(raw, filename)
     except yamlload.YamlProblem as exc:
         raise SpecError([exc.problem]) from None
     data = document.data
     if not isinstance(data, dict):
-        raise SpecError([Problem(filename, document.line(""), "", f"a spec is a mapping of keys (name:, base: …), got {_type_name(data)}")])
+        raise SpecError(
+            [
+                Problem(
+                    filename,
+                    document.line(""),
+                    "",
+                    f"a spec is a mapping of keys (name:, base: …), got {_type_name(data)}",
+                )
+            ]
+        )
     problems = _schema_problems(None, data, filename, document)
     name = data.get("name")
     spec = SpecFile(
@@ -225,16 +302,20 @@ def _attachment_paths(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _read_attachments(spec: SpecFile) -> list[Problem]:
-    import re
-
-    from hepml_images.spec import values
-
     problems: list[Problem] = []
     filename = str(spec.path)
     for key, rel in _attachment_paths(spec.data):
         line = spec.document.line(key)
         if re.search(EXPRESSION, rel):
-            problems.append(Problem(filename, line, key, "file paths cannot use ${{ }} expressions", "list each file explicitly"))
+            problems.append(
+                Problem(
+                    filename,
+                    line,
+                    key,
+                    "file paths cannot use ${{ }} expressions",
+                    "list each file explicitly",
+                )
+            )
             continue
         try:
             values.rel_path(rel, "file")
@@ -245,16 +326,20 @@ def _read_attachments(spec: SpecFile) -> list[Problem]:
         try:
             spec.attachments[rel] = target.read_bytes()
         except IsADirectoryError:
-            problems.append(Problem(filename, line, key, f"{rel!r} is a directory; list files one by one"))
+            problems.append(
+                Problem(filename, line, key, f"{rel!r} is a directory; list files one by one")
+            )
         except OSError as exc:
-            problems.append(Problem(filename, line, key, f"cannot read {rel!r} (next to the spec): {exc.strerror}"))
+            problems.append(
+                Problem(
+                    filename, line, key, f"cannot read {rel!r} (next to the spec): {exc.strerror}"
+                )
+            )
     return problems
 
 
 def shipped_dir() -> Path:
     """The directory of the specs shipped with the tool (in the wheel or the checkout)."""
-    from hepml_images.resources import data_path
-
     return data_path("specs")
 
 
@@ -300,7 +385,13 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
         other = specs.get(spec.name)
         if other is not None:
             problems.append(
-                Problem(str(path), spec.document.line("name"), "name", f"duplicate spec name {spec.name!r}: also defined in {other.path}", "every spec needs its own name")
+                Problem(
+                    str(path),
+                    spec.document.line("name"),
+                    "name",
+                    f"duplicate spec name {spec.name!r}: also defined in {other.path}",
+                    "every spec needs its own name",
+                )
             )
             return None
         specs[spec.name] = spec
@@ -314,7 +405,16 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
             hits = [d for d in directories if arg in index(d)]
             if not hits:
                 names = sorted({n for d in directories for n in index(d)})
-                problems.append(Problem(arg, None, "", f"no spec file or shipped spec named {arg!r}", did_you_mean(arg, names) or "run `hepml-images list` to see the shipped specs"))
+                problems.append(
+                    Problem(
+                        arg,
+                        None,
+                        "",
+                        f"no spec file or shipped spec named {arg!r}",
+                        did_you_mean(arg, names)
+                        or "run `hepml-images list` to see the shipped specs",
+                    )
+                )
                 continue
             spec = add(index(hits[0])[arg])
         if spec is not None:
@@ -330,12 +430,30 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
         hit = next((d for d in candidates if parent in index(d)), None)
         if hit is None:
             siblings = sorted({n for d in candidates for n in index(d)})
-            problems.append(Problem(str(spec.path), spec.document.line("extends"), "extends", f"parent spec {parent!r} not found (looked beside this file and in the shipped specs)", did_you_mean(parent, siblings)))
+            problems.append(
+                Problem(
+                    str(spec.path),
+                    spec.document.line("extends"),
+                    "extends",
+                    f"parent spec {parent!r} not found"
+                    " (looked beside this file and in the shipped specs)",
+                    did_you_mean(parent, siblings),
+                )
+            )
             continue
         loaded = add(index(hit)[parent])
         if loaded is not None:
             if loaded.name != parent:
-                problems.append(Problem(str(loaded.path), loaded.document.line("name"), "name", f"file {loaded.path.name} is named {loaded.name!r}, but {spec.name!r} extends it as {parent!r}", "a spec's file name should match its name"))
+                problems.append(
+                    Problem(
+                        str(loaded.path),
+                        loaded.document.line("name"),
+                        "name",
+                        f"file {loaded.path.name} is named {loaded.name!r},"
+                        f" but {spec.name!r} extends it as {parent!r}",
+                        "a spec's file name should match its name",
+                    )
+                )
             pending.append(loaded)
 
     if problems:

@@ -52,13 +52,17 @@ def _object(description: str, properties: dict[str, Any], **extra: Any) -> dict[
 _IMAGE_BASE = _object(
     "Start from an existing image.",
     {
-        "image": _str("Image reference, e.g. `almalinux:9.4` or `gitlab-registry.cern.ch/atlas/athena/analysisbase:25.2.30`."),
+        "image": _str(
+            "Image reference, e.g. `almalinux:9.4` or `gitlab-registry.cern.ch/atlas/athena/analysisbase:25.2.30`."
+        ),
         "digest": _str("Pinned content digest `sha256:…`; the image is then pulled by digest."),
         "family": _choice(
             "Distribution family: decides the package manager (el7: yum via vault.centos.org, el9: dnf, debian/ubuntu: apt).",
             ["el7", "el9", "debian", "ubuntu"],
         ),
-        "release": _str("Distribution release (`bookworm`, `jammy`, `7`, `9`); used to check which Python the distribution ships."),
+        "release": _str(
+            "Distribution release (`bookworm`, `jammy`, `7`, `9`); used to check which Python the distribution ships."
+        ),
     },
     required=["image", "family"],
 )
@@ -84,14 +88,20 @@ _BASE = {
     ],
 }
 
-_ENABLED = _flag("Switch the component off for some variants, usually with a matrix expression (default true).")
+_ENABLED = _flag(
+    "Switch the component off for some variants, usually with a matrix expression (default true)."
+)
 
 _COMPONENTS = _object(
     "Building blocks, each installed the way its distribution family needs. The tool orders them so that what changes rarely comes first.",
     {
         "system-packages": _object(
             "Distribution packages.",
-            {"packages": _strings("Package names, optionally pinned (`name=1.2` for apt, `name-1.2` for yum/dnf).")},
+            {
+                "packages": _strings(
+                    "Package names, optionally pinned (`name=1.2` for apt, `name-1.2` for yum/dnf)."
+                )
+            },
             required=["packages"],
         ),
         "hdf5": _object(
@@ -106,18 +116,26 @@ _COMPONENTS = _object(
                     "`system`: the distribution's interpreter; `existing`: an interpreter already in the base (e.g. AnalysisBase's release Python).",
                     ["system", "existing"],
                 ),
-                "interpreter": _str("Interpreter to build the venv from (default `python3`, or `python3.X` for el9)."),
+                "interpreter": _str(
+                    "Interpreter to build the venv from (default `python3`, or `python3.X` for el9)."
+                ),
                 "venv": _str("Absolute path of the virtual environment (default `/opt/venv`)."),
-                "system-site-packages": _flag("Let the venv see the interpreter's packages (useful on top of AnalysisBase)."),
+                "system-site-packages": _flag(
+                    "Let the venv see the interpreter's packages (useful on top of AnalysisBase)."
+                ),
             },
             required=["version"],
         ),
         "pip": _object(
             "Python packages installed into the venv.",
             {
-                "requirements": _strings("Requirement specifiers, e.g. `numpy==2.1.3`, `uproot>=5`."),
+                "requirements": _strings(
+                    "Requirement specifiers, e.g. `numpy==2.1.3`, `uproot>=5`."
+                ),
                 "file": _str("A requirements file, relative to the spec file."),
-                "require-hashes": _flag("Install with `--no-deps --require-hashes` (the file must be hash-locked)."),
+                "require-hashes": _flag(
+                    "Install with `--no-deps --require-hashes` (the file must be hash-locked)."
+                ),
                 "index-url": _str("Alternative package index URL."),
             },
         ),
@@ -195,7 +213,10 @@ SPEC_SCHEMA: dict[str, Any] = {
     "required": ["name"],
     "oneOf": [{"required": ["base"]}, {"required": ["extends"]}],
     "properties": {
-        "name": _str("Spec name: lower-case letters, digits and dashes; also the image repository name.", pattern="^[a-z0-9][a-z0-9-]*$"),
+        "name": _str(
+            "Spec name: lower-case letters, digits and dashes; also the image repository name.",
+            pattern="^[a-z0-9][a-z0-9-]*$",
+        ),
         "description": _str("One line shown by `list` and in image labels."),
         "version": _str("Version of this environment, used in tags (default `0.1.0`)."),
         "extends": _str("Name of the spec whose image this one is built FROM."),
@@ -221,7 +242,9 @@ SPEC_SCHEMA: dict[str, Any] = {
             ),
         },
         "workdir": _str("Working directory of later steps and of the container."),
-        "user": _str("User the container runs as (Docker; Apptainer runs as the caller). Build steps always run as root."),
+        "user": _str(
+            "User the container runs as (Docker; Apptainer runs as the caller). Build steps always run as root."
+        ),
         "entrypoint": _strings("Entrypoint, exec form."),
         "cmd": _strings("Default command, exec form."),
         "labels": {
@@ -229,7 +252,9 @@ SPEC_SCHEMA: dict[str, Any] = {
             "description": "Free-form image labels.",
             "additionalProperties": {"type": "string"},
         },
-        "tags": _strings("Tag templates per variant, e.g. `${{ spec.version }}-tf${{ matrix.tensorflow }}`."),
+        "tags": _strings(
+            "Tag templates per variant, e.g. `${{ spec.version }}-tf${{ matrix.tensorflow }}`."
+        ),
         "smoke": _SMOKE,
         "gpu": _object(
             "GPU checks for this spec's variants.",
@@ -243,7 +268,9 @@ SPEC_SCHEMA: dict[str, Any] = {
         "publish": _object(
             "Where and how the images are published.",
             {
-                "repositories": _strings("Repositories, e.g. `ghcr.io/org/name` or `gitlab-registry.cern.ch/group/name`."),
+                "repositories": _strings(
+                    "Repositories, e.g. `ghcr.io/org/name` or `gitlab-registry.cern.ch/group/name`."
+                ),
                 "tags": _strings("Tag templates used when publishing (default: `tags`)."),
                 "immutable": _strings("Tag templates that must never move once pushed."),
             },

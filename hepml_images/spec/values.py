@@ -16,7 +16,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 
-class ValueProblem(ValueError):
+class ValueProblem(ValueError):  # noqa: N818 - a problem in a value, reported, not a crash
     """A value that breaks its rule; ``hint`` says what would be accepted."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
@@ -42,12 +42,18 @@ def package(value: str, family: str) -> str:
     """A distribution package name, optionally with a version pin."""
     rule = _APT_PACKAGE if family in {"debian", "ubuntu"} else _RPM_PACKAGE
     if not rule.fullmatch(value):
-        example = "libhdf5-dev or python3=3.11.2-1" if rule is _APT_PACKAGE else "hdf5-devel or python3.11"
+        example = (
+            "libhdf5-dev or python3=3.11.2-1"
+            if rule is _APT_PACKAGE
+            else "hdf5-devel or python3.11"
+        )
         if set(value) & _SHELL_CHARS:
             raise ValueProblem(
                 _describe_bad(value, r"[A-Za-z0-9_.+=~:-]"), f"a package name looks like {example}"
             )
-        raise ValueProblem(f"{value!r} is not a valid {family} package name", f"expected something like {example}")
+        raise ValueProblem(
+            f"{value!r} is not a valid {family} package name", f"expected something like {example}"
+        )
     return value
 
 
@@ -58,14 +64,19 @@ _RELEASE = re.compile(r"[0-9]+(?:\.[0-9]+){0,3}")
 def major_minor(value: str, what: str) -> str:
     """A version written major.minor, such as a Python or CUDA version."""
     if not _MAJOR_MINOR.fullmatch(value):
-        raise ValueProblem(f"{what} must be written major.minor, got {value!r}", 'for example "3.11" (quoted, so YAML keeps it text)')
+        raise ValueProblem(
+            f"{what} must be written major.minor, got {value!r}",
+            'for example "3.11" (quoted, so YAML keeps it text)',
+        )
     return value
 
 
 def release(value: str, what: str) -> str:
     """A dotted numeric release such as ``2.18.1`` or ``25.2.30``."""
     if not _RELEASE.fullmatch(value):
-        raise ValueProblem(f"{what} must be a dotted release number, got {value!r}", 'for example "2.18.1"')
+        raise ValueProblem(
+            f"{what} must be a dotted release number, got {value!r}", 'for example "2.18.1"'
+        )
     try:
         Version(value)
     except InvalidVersion:  # pragma: no cover - the regex admits only valid versions
@@ -78,7 +89,9 @@ def spec_version(value: str) -> str:
     try:
         Version(value)
     except InvalidVersion:
-        raise ValueProblem(f"{value!r} is not a valid version", 'use a version such as "1.2.0"') from None
+        raise ValueProblem(
+            f"{value!r} is not a valid version", 'use a version such as "1.2.0"'
+        ) from None
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
         raise ValueProblem(_describe_bad(value, r"[A-Za-z0-9_.+-]"))
     return value
@@ -92,7 +105,10 @@ def abs_path(value: str, what: str = "path") -> str:
     if not value.startswith("/"):
         raise ValueProblem(f"{what} must be absolute, got {value!r}", "start it with /")
     if not _PATH.fullmatch(value):
-        raise ValueProblem(_describe_bad(value, r"[A-Za-z0-9._@+/-]"), f"{what} may contain letters, digits and . _ @ + - /")
+        raise ValueProblem(
+            _describe_bad(value, r"[A-Za-z0-9._@+/-]"),
+            f"{what} may contain letters, digits and . _ @ + - /",
+        )
     if any(part == ".." for part in value.split("/")):
         raise ValueProblem(f"{what} must not contain '..', got {value!r}")
     return value.rstrip("/") or "/"
@@ -103,7 +119,11 @@ _REL_PATH = re.compile(r"(?:[A-Za-z0-9._@+-]+/)*[A-Za-z0-9._@+-]+")
 
 def rel_path(value: str, what: str = "path") -> str:
     """A relative path beside the spec file: safe characters, no `..`, no leading /."""
-    if value.startswith("/") or not _REL_PATH.fullmatch(value) or any(p == ".." for p in value.split("/")):
+    if (
+        value.startswith("/")
+        or not _REL_PATH.fullmatch(value)
+        or any(p == ".." for p in value.split("/"))
+    ):
         raise ValueProblem(
             f"{what} must be a path relative to the spec file without '..', got {value!r}",
             "put the file next to the spec or in a folder below it",
@@ -118,7 +138,10 @@ _ENV_VALUE_BAD = re.compile(r"[`\"\\\n\r]|\$\(")
 def env_name(value: str) -> str:
     """An environment variable name."""
     if not _ENV_NAME.fullmatch(value):
-        raise ValueProblem(f"{value!r} is not a valid environment variable name", "use letters, digits and _, not starting with a digit")
+        raise ValueProblem(
+            f"{value!r} is not a valid environment variable name",
+            "use letters, digits and _, not starting with a digit",
+        )
     return value
 
 
@@ -128,7 +151,8 @@ def env_value(value: str) -> str:
     if match:
         raise ValueProblem(
             f"environment value {value!r} contains {match.group()!r}, which is not allowed",
-            "values may use $VAR and ${VAR}, but no backquotes, $( ), double quotes, backslashes or newlines",
+            "values may use $VAR and ${VAR}, but no backquotes, $( ), double quotes,"
+            " backslashes or newlines",
         )
     if not value.isprintable():
         raise ValueProblem(
@@ -137,7 +161,9 @@ def env_value(value: str) -> str:
         )
     for ref in re.finditer(r"\$(\{[^}]*\}?|.?)", value):
         body = ref.group(1)
-        if not (re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", body) or re.fullmatch(r"[A-Za-z_]", body)):
+        if not (
+            re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", body) or re.fullmatch(r"[A-Za-z_]", body)
+        ):
             raise ValueProblem(
                 f"environment value {value!r} has an unsupported $ expression {ref.group()!r}",
                 "write $NAME or ${NAME}; other shell expansions are not allowed",
@@ -151,7 +177,10 @@ _LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
 def label_key(value: str) -> str:
     """An OCI label key (reverse-DNS style: lower case, digits, dots, dashes)."""
     if not _LABEL_KEY.fullmatch(value):
-        raise ValueProblem(f"{value!r} is not a valid label key", "use lower-case reverse-DNS keys such as org.example.owner")
+        raise ValueProblem(
+            f"{value!r} is not a valid label key",
+            "use lower-case reverse-DNS keys such as org.example.owner",
+        )
     return value
 
 
@@ -169,9 +198,15 @@ def requirement(value: str) -> str:
     except InvalidRequirement as exc:
         # packaging's message is several lines (the text and a caret); a problem is one line
         reason = str(exc).splitlines()[0] if str(exc) else "parse error"
-        raise ValueProblem(f"{value!r} is not a valid requirement: {reason}", "for example numpy==2.1.3 or uproot>=5") from None
+        raise ValueProblem(
+            f"{value!r} is not a valid requirement: {reason}",
+            "for example numpy==2.1.3 or uproot>=5",
+        ) from None
     if "\n" in value or value.strip().startswith("-"):
-        raise ValueProblem(f"{value!r} is not a requirement specifier", "pip options belong in component options, not requirements")
+        raise ValueProblem(
+            f"{value!r} is not a requirement specifier",
+            "pip options belong in component options, not requirements",
+        )
     return str(req)
 
 
@@ -180,8 +215,15 @@ def url(value: str, what: str = "URL") -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ValueProblem(f"{what} must be an http:// or https:// URL, got {value!r}")
-    if not re.fullmatch(r"[A-Za-z0-9._~:/?#@!$&+,;=%-]+", value) or "$" in value or ";" in value or "&" in value:
-        raise ValueProblem(_describe_bad(value, r"[A-Za-z0-9._~:/?#@+,=%-]"), "percent-encode unusual characters")
+    if (
+        not re.fullmatch(r"[A-Za-z0-9._~:/?#@!$&+,;=%-]+", value)
+        or "$" in value
+        or ";" in value
+        or "&" in value
+    ):
+        raise ValueProblem(
+            _describe_bad(value, r"[A-Za-z0-9._~:/?#@+,=%-]"), "percent-encode unusual characters"
+        )
     return value
 
 
@@ -194,16 +236,24 @@ _IMAGE_REF = re.compile(
 def image_ref(value: str) -> str:
     """An image reference ``[registry/]repository[:tag]`` (a digest goes in ``digest``)."""
     if "@" in value:
-        raise ValueProblem(f"{value!r} contains a digest", "write the digest under `digest:` instead")
+        raise ValueProblem(
+            f"{value!r} contains a digest", "write the digest under `digest:` instead"
+        )
     if not _IMAGE_REF.fullmatch(value):
-        raise ValueProblem(f"{value!r} is not a valid image reference", "for example almalinux:9.4 or registry.example.org/group/name:tag")
+        raise ValueProblem(
+            f"{value!r} is not a valid image reference",
+            "for example almalinux:9.4 or registry.example.org/group/name:tag",
+        )
     return value
 
 
 def image_digest(value: str) -> str:
     """A content digest ``sha256:<64 hex>``."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
-        raise ValueProblem(f"{value!r} is not a sha256 digest", "write sha256: followed by 64 lower-case hex digits")
+        raise ValueProblem(
+            f"{value!r} is not a sha256 digest",
+            "write sha256: followed by 64 lower-case hex digits",
+        )
     return value
 
 
@@ -213,14 +263,19 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 def tag(value: str) -> str:
     """A Docker tag after expansion."""
     if not _TAG.fullmatch(value):
-        raise ValueProblem(f"tag {value!r} is not valid", "tags use letters, digits, _ . - and at most 128 characters")
+        raise ValueProblem(
+            f"tag {value!r} is not valid",
+            "tags use letters, digits, _ . - and at most 128 characters",
+        )
     return value
 
 
 def repository(value: str) -> str:
     """A registry repository ``host[:port]/path`` without tag."""
     if ":" in value.rsplit("/", 1)[-1] or "@" in value or not _IMAGE_REF.fullmatch(value):
-        raise ValueProblem(f"{value!r} is not a repository name", "for example ghcr.io/org/name, without a tag")
+        raise ValueProblem(
+            f"{value!r} is not a repository name", "for example ghcr.io/org/name, without a tag"
+        )
     return value
 
 
@@ -269,5 +324,7 @@ def suite(value: str) -> str:
 def word(value: str, what: str) -> str:
     """A simple lower-case word such as a variant slug piece."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-        raise ValueProblem(_describe_bad(value, r"[A-Za-z0-9_.-]"), f"{what} may contain letters, digits and _ . -")
+        raise ValueProblem(
+            _describe_bad(value, r"[A-Za-z0-9_.-]"), f"{what} may contain letters, digits and _ . -"
+        )
     return value

@@ -56,7 +56,7 @@ class Document:
             path = path[:cut] if cut > 0 else ""
 
 
-class YamlProblem(Exception):
+class YamlProblem(Exception):  # noqa: N818 - carries a Problem to the loader
     """Raised inside this module; carries one ``Problem``."""
 
     def __init__(self, problem: Problem) -> None:
@@ -151,7 +151,10 @@ class _Builder:
         if depth > MAX_DEPTH:
             self._fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
         self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in {_MAP_TAG, _SEQ_TAG}:
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in {
+            _MAP_TAG,
+            _SEQ_TAG,
+        }:
             self._fail(node, path, f"unsupported YAML tag {node.tag!r}", "remove the `!tag`")
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
@@ -167,7 +170,12 @@ class _Builder:
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                self._fail(key_node, path, "YAML merge keys (`<<:`) are not supported", "use `extends:` to share settings between specs")
+                self._fail(
+                    key_node,
+                    path,
+                    "YAML merge keys (`<<:`) are not supported",
+                    "use `extends:` to share settings between specs",
+                )
             if not isinstance(key_node, yaml.ScalarNode):
                 self._fail(key_node, path, "a mapping key must be a plain string")
             key = str(key_node.value)

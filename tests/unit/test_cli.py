@@ -8,13 +8,16 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema
-import pytest
 import yaml
 
 from hepml_images.cli import main
 from hepml_images.spec.load import shipped_dir
+
+if TYPE_CHECKING:
+    import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,14 +88,37 @@ def test_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
 def test_installed_wheel_finds_templates_and_specs(tmp_path: Path) -> None:
     """Templates and shipped specs come from the wheel, not from the checkout."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(
         [sys.executable, "-m", "hepml_images", "render", "debian-hdf5", "-f", "docker"],
@@ -105,7 +131,11 @@ def test_installed_wheel_finds_templates_and_specs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "hdf5-tools" in result.stdout
     located = subprocess.run(
-        [sys.executable, "-c", "import hepml_images.resources as r; print(r.data_path('templates'))"],
+        [
+            sys.executable,
+            "-c",
+            "import hepml_images.resources as r; print(r.data_path('templates'))",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

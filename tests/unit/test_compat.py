@@ -66,7 +66,7 @@ def test_tensorflow_2_17_wants_cuda_12_3_and_cudnn_8_9() -> None:
     ("tf", "has_extra"),
     [("2.6", False), ("2.13", False), ("2.14", True), ("2.15", True), ("2.21", True)],
 )
-def test_and_cuda_extra_exists_from_2_14(tf: str, has_extra: bool) -> None:  # noqa: FBT001
+def test_and_cuda_extra_exists_from_2_14(tf: str, has_extra: bool) -> None:
     assert tensorflow_config(tf).and_cuda_extra is has_extra
 
 
@@ -135,7 +135,7 @@ def test_python_patch_release_is_compared_on_major_minor() -> None:
 
 
 @pytest.mark.parametrize(("python", "accepted"), [("3.8", False), ("3.9", True), ("3.12", True)])
-def test_python_range_boundaries(python: str, accepted: bool) -> None:  # noqa: FBT001
+def test_python_range_boundaries(python: str, accepted: bool) -> None:
     if accepted:
         assert check_tensorflow("2.17", python).tensorflow == "2.17"
     else:

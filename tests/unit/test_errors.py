@@ -539,11 +539,6 @@ def test_unknown_expression_did_you_mean(
     )
 
 
-@pytest.mark.xfail(
-    reason="resolve._resolve_one goes on to check values that still hold the unknown expression, "
-    "so an env value gets a second, misleading 'unsupported $ expression' problem",
-    strict=True,
-)
 def test_unknown_expression_is_reported_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from hepml_images.errors import SpecError, UsageError
 from hepml_images.pipeline import resolve_specs
-from hepml_images.resolve import content_ref
+from hepml_images.resolve import ResolvedVariant, content_ref
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,7 +66,9 @@ def test_child_variants_are_parent_variants_times_own_axes(tmp_path: Path) -> No
 def test_digest_is_stable_and_ignores_key_order(tmp_path: Path) -> None:
     _write(tmp_path, base=BASE, child=CHILD)
     first = {v.key: v.digest for v in resolve_specs([str(tmp_path / "child.yaml")]).variants}
-    (tmp_path / "child.yaml").write_text(yaml.safe_dump(_reversed(yaml.safe_load(CHILD)), sort_keys=False))
+    (tmp_path / "child.yaml").write_text(
+        yaml.safe_dump(_reversed(yaml.safe_load(CHILD)), sort_keys=False)
+    )
     second = {v.key: v.digest for v in resolve_specs([str(tmp_path / "child.yaml")]).variants}
     assert first == second
 
@@ -131,7 +133,7 @@ def test_select_rejects_unknown_key_with_suggestion(tmp_path: Path) -> None:
 def test_shipped_default_environment() -> None:
     (variant,) = resolve_specs(["debian-tensorflow"], ["accelerator=cpu"]).selected
     chain = []
-    node = variant
+    node: ResolvedVariant | None = variant
     while node is not None:
         chain.append(node.spec)
         node = node.parent

@@ -103,7 +103,9 @@ class Field:
 
 
 FIELDS = {
-    "system-package": Field(BASE + "components:\n  system-packages:\n    packages: [{v}]\n", "curl"),
+    "system-package": Field(
+        BASE + "components:\n  system-packages:\n    packages: [{v}]\n", "curl"
+    ),
     "bootstrap-package": Field(BOOT + "    packages: [{v}]\n", "curl"),
     "bootstrap-suite": Field("name: demo\nbase:\n  bootstrap:\n    suite: {v}\n", "bookworm"),
     "bootstrap-mirror": Field(BOOT + "    mirror: {v}\n", "http://deb.example/debian"),
@@ -284,9 +286,11 @@ def check_context(field: str, value: str, out: Path) -> list[str]:
                     Requirement(line)  # raises on anything that is not one requirement
     script = out / "bootstrap.sh"
     if script.exists() and value.strip() and set(value) & SPECIAL:
-        for line in script.read_text(encoding="utf-8").splitlines():
-            if value in line and line.startswith("exec ") and not quoted_in_shell_line(value, line):
-                bad.append(f"bootstrap.sh: {line}")
+        bad.extend(
+            f"bootstrap.sh: {line}"
+            for line in script.read_text(encoding="utf-8").splitlines()
+            if value in line and line.startswith("exec ") and not quoted_in_shell_line(value, line)
+        )
     return bad
 
 
@@ -333,9 +337,10 @@ def test_checks_catch_unsafe_renderings() -> None:
     assert unsafe_places(value, "", f"Bootstrap: docker\n%post\n    echo {value}\n") != []
     assert unsafe_places(value, "", f"Bootstrap: docker\nFrom: {value}\n") != []
     assert unsafe_places('a"b', "", '%environment\n    export A="a"b"\n') != []
-    harmless = structure("FROM x\nRUN true\n", "Bootstrap: docker\n%post\n    true\n")
-    assert structure("FROM x\nRUN true\nRUN id\n", "Bootstrap: docker\n%post\n    true\n") != harmless
-    assert structure("FROM x\nRUN true\n", "Bootstrap: docker\n%post\n    true\n%test\n") != harmless
+    post = "Bootstrap: docker\n%post\n    true\n"
+    harmless = structure("FROM x\nRUN true\n", post)
+    assert structure("FROM x\nRUN true\nRUN id\n", post) != harmless
+    assert structure("FROM x\nRUN true\n", post + "%test\n") != harmless
     assert structure("FROM x\n", "Bootstrap: docker\nFrom: x\nRUN: id\n") != structure(
         "FROM x\n", "Bootstrap: docker\nFrom: x\n"
     )

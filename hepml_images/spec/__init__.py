@@ -1,0 +1,1 @@
+"""Spec files: YAML → validated, typed spec objects (the only code that reads spec files)."""
