@@ -13,7 +13,6 @@ from enum import Enum
 from pathlib import Path  # noqa: TC003 - typer reads the annotations at run time
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -211,20 +210,15 @@ def schema() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="hepml-images")
+    except SystemExit as exc:  # typer's own handling: --help, usage errors (2), Ctrl-C (1)
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except HepmlError as exc:
         err.print(f"error: {exc.message}", markup=False)
         if exc.hint:
             err.print(f"  hint: {exc.hint}", markup=False)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        err.print("interrupted", markup=False)
-        return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: say it is our bug
         err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)
         err.print(

@@ -217,7 +217,7 @@ SPEC_SCHEMA: dict[str, Any] = {
             "Spec name: lower-case letters, digits and dashes; also the image repository name.",
             pattern="^[a-z0-9][a-z0-9-]*$",
         ),
-        "description": _str("One line shown by `list` and in image labels."),
+        "description": _str("One line describing the environment; the definition file's %help."),
         "version": _str("Version of this environment, used in tags (default `0.1.0`)."),
         "extends": _str("Name of the spec whose image this one is built FROM."),
         "base": _BASE,
