@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import re
-import shlex
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -175,12 +174,6 @@ def _substitute(
             "write ${{ matrix.NAME }} or ${{ spec.NAME }}",
         )
     return result
-
-
-@dataclass(frozen=True)
-class _Axes:
-    names: tuple[str, ...]
-    values: dict[str, tuple[str, ...]]
 
 
 def _combinations(
@@ -444,7 +437,7 @@ def _versions(
     return dict(sorted(versions.items()))
 
 
-def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Base:
+def _base(content: Content, parent: ResolvedVariant | None) -> ir.Base:
     if parent is not None:
         return ir.FromParent(
             spec=parent.spec,
@@ -470,7 +463,6 @@ def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Bas
             "rootfs.tar",
             base.mirror,
         )
-        del slug
         return ir.FromBootstrap(
             suite=base.suite,
             variant=base.variant,
@@ -485,7 +477,6 @@ def _base(content: Content, parent: ResolvedVariant | None, slug: str) -> ir.Bas
 
 
 def _expand_tags(
-    spec: SpecFile,
     templates: Iterable[str],
     context: Mapping[str, str],
     path: str,
@@ -499,7 +490,6 @@ def _expand_tags(
         except values.ValueProblem as exc:
             if "${{" not in text:
                 report(f"{path}[{index}]", exc.message, exc.hint)
-    del spec
     return tuple(dict.fromkeys(out))
 
 
@@ -603,7 +593,7 @@ def _resolve_one(
     if len(problems.items) > before:
         return None
     versions = _versions(content, inherited, inherited.family, inherited.release, tf)
-    image_base = _base(content, parent, slug)
+    image_base = _base(content, parent)
     planned: Planned = plan(
         content, parent=inherited, base=image_base, tensorflow=tf, versions=tuple(versions.items())
     )
@@ -649,15 +639,13 @@ def _resolve_one(
         **{f"versions.{k}": v for k, v in versions.items()},
         "spec.digest": digest.split(":", 1)[1][:12],
     }
-    tags = _expand_tags(spec, content.tags or (slug,), tag_context, "tags", report)
+    tags = _expand_tags(content.tags or (slug,), tag_context, "tags", report)
     publish_tags = (
-        _expand_tags(spec, content.publish.tags, tag_context, "publish.tags", report)
+        _expand_tags(content.publish.tags, tag_context, "publish.tags", report)
         if content.publish.tags
         else tags
     )
-    immutable = _expand_tags(
-        spec, content.publish.immutable, tag_context, "publish.immutable", report
-    )
+    immutable = _expand_tags(content.publish.immutable, tag_context, "publish.immutable", report)
     return ResolvedVariant(
         spec=content.name,
         source=str(spec.path),
@@ -738,8 +726,3 @@ def select(
             hint="run `hepml-images list` to see the variants",
         )
     return picked
-
-
-def shell_words(argv: Sequence[str]) -> str:
-    """Quote an argv for display."""
-    return " ".join(shlex.quote(a) for a in argv)

@@ -180,17 +180,16 @@ def plan(
         out.run(
             "CUDA and cuDNN from NVIDIA's repository", _cuda_system(content, family, parent.release)
         )
-        cuda_version = comps.cuda.version
+    cuda_version = comps.cuda.version if comps.cuda is not None else None
+    if cuda_version is None and tensorflow is not None:
+        cuda_version = tensorflow.cuda
+    if cuda_version is not None:
+        # The NVIDIA container runtime reads these; NVIDIA_REQUIRE_CUDA makes it refuse a
+        # host driver that is too old for this CUDA before the container starts.
         out.set_env(
             ("NVIDIA_VISIBLE_DEVICES", "all"),
             ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
             ("NVIDIA_REQUIRE_CUDA", f"cuda>={cuda_version}"),
-        )
-    elif tensorflow is not None and tensorflow.cuda is not None:
-        out.set_env(
-            ("NVIDIA_VISIBLE_DEVICES", "all"),
-            ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
-            ("NVIDIA_REQUIRE_CUDA", f"cuda>={tensorflow.cuda}"),
         )
 
     wrapper = parent.wrapper

@@ -87,15 +87,12 @@ def _type_name(value: Any) -> str:
     return f"{value!r}"
 
 
-def _schema_problems(
-    spec: SpecFile | Any, data: Any, filename: str, document: yamlload.Document
-) -> list[Problem]:
+def _schema_problems(data: Any, filename: str, document: yamlload.Document) -> list[Problem]:
     problems: list[Problem] = []
     for error in sorted(
         _VALIDATOR.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))
     ):
         problems.extend(_translate(error, filename, document))
-    del spec
     # one message per place is enough
     unique: dict[tuple[int | None, str, str], Problem] = {}
     for problem in problems:
@@ -274,7 +271,7 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
                 )
             ]
         )
-    problems = _schema_problems(None, data, filename, document)
+    problems = _schema_problems(data, filename, document)
     name = data.get("name")
     spec = SpecFile(
         name=name if isinstance(name, str) else path.stem,
