@@ -458,6 +458,7 @@ def _base(content: Content, parent: ResolvedVariant | None) -> ir.Base:
             (
                 "--customize-hook=rm -rf"
                 ' "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/* "$1/var/log"/*.log'
+                ' "$1/etc/resolv.conf" "$1/etc/hostname"'
             ),
             base.suite,
             "rootfs.tar",

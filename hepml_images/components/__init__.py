@@ -67,9 +67,18 @@ class _Builder:
     context: list[ir.ContextFile] = field(default_factory=list)
     env: list[tuple[str, str]] = field(default_factory=list)
 
-    def run(self, title: str, commands: tuple[str, ...], wrapper: tuple[str, ...] = ()) -> None:
+    def run(
+        self,
+        title: str,
+        commands: tuple[str, ...],
+        wrapper: tuple[str, ...] = (),
+        *,
+        network: bool = True,
+    ) -> None:
         if commands:
-            self.steps.append(ir.Run(title=title, commands=commands, wrapper=wrapper))
+            self.steps.append(
+                ir.Run(title=title, commands=commands, wrapper=wrapper, network=network)
+            )
 
     def set_env(self, *items: tuple[str, str], merge: bool = True) -> None:
         last = self.steps[-1] if self.steps else None
@@ -217,6 +226,7 @@ def plan(
             f"Python {spec_py.version} virtual environment",
             (f"{shlex.quote(spec_py.interpreter)} -m venv{flags} {shlex.quote(venv)}",),
             wrapper,
+            network=False,
         )
         out.set_env(("VIRTUAL_ENV", venv), ("PATH", f"{venv}/bin:${{PATH}}"))
         out.set_env(("PIP_DISABLE_PIP_VERSION_CHECK", "1"), ("PIP_NO_CACHE_DIR", "1"))
@@ -243,11 +253,17 @@ def plan(
             out.context.append(ir.ContextFile(name=f"requirements/{name}", content=data))
             out.steps.append(ir.Copy(src=f"requirements/{name}", dest=dest))
             hash_flags = ["--no-deps", "--require-hashes"] if hashed else []
-            out.run(
-                f"pip requirements ({name})",
-                (_pip(python, " ".join([*index, *hash_flags, "-r", shlex.quote(dest)])),),
-                wrapper,
+            no_binary = [f"--no-binary={shlex.quote(p)}" for p in pip.build_from_source]
+            install = _pip(
+                python, " ".join([*index, *hash_flags, *no_binary, "-r", shlex.quote(dest)])
             )
+            if pip.build_from_source:
+                interpreter = comps.python.interpreter if comps.python else "python3"
+                before, after = packages.toolchain(family, interpreter)
+                commands: tuple[str, ...] = (*before, install, *after)
+            else:
+                commands = (install,)
+            out.run(f"pip requirements ({name})", commands, wrapper)
 
     for copy in content.files:
         ctx = f"files/{copy.src}"

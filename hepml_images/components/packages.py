@@ -91,3 +91,47 @@ def nvidia_repo_name(family: Family, release: str | None) -> str:
         "noble": "ubuntu2404",
     }
     return numbers.get(release or "", "debian12" if family == "debian" else "ubuntu2204")
+
+
+#: A C compiler, pkg-config and the Python headers: what ``pip --no-binary`` builds need.
+_TOOLCHAIN_APT = ("gcc", "libc6-dev", "pkg-config", "python3-dev")
+
+
+def toolchain(family: Family, interpreter: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Commands that install a build toolchain, and commands that remove it again.
+
+    Only packages that were not installed before are installed and removed, so a compiler the
+    spec asked for stays. Both halves belong in the same step: no layer keeps the toolchain.
+    """
+    deps_file = "/tmp/hepml-build-deps"  # noqa: S108 - written and removed within one step
+    each = f"xargs -r -a {deps_file}"
+    if family in {"debian", "ubuntu"}:
+        names = " ".join(_TOOLCHAIN_APT)
+        probe = "dpkg -s"
+        apt = "env DEBIAN_FRONTEND=noninteractive apt-get"
+        install_cmds: tuple[str, ...] = (
+            "apt-get update",
+            f"{each} {apt} install -y --no-install-recommends",
+        )
+        remove: tuple[str, ...] = (
+            f"{each} {apt} purge -y --auto-remove",
+            "apt-get clean",
+            "rm -rf /var/lib/apt/lists/*",
+            f"rm -f {deps_file}",
+        )
+    else:
+        manager = "dnf" if family == "el9" else "yum"
+        devel = f"{shlex.quote(interpreter)}-devel" if interpreter != "python" else "python3-devel"
+        pkgconfig = "pkgconf-pkg-config" if family == "el9" else "pkgconfig"
+        names = f"gcc {pkgconfig} {devel}"
+        probe = "rpm -q"
+        install_cmds = (f"{each} {manager} install -y",)
+        remove = (
+            f"{each} {manager} remove -y",
+            f"{manager} clean all",
+            f"rm -rf /var/cache/{manager}",
+            f"rm -f {deps_file}",
+        )
+    select = f'for p in {names}; do {probe} "$p" >/dev/null 2>&1 || echo "$p"; done > {deps_file}'
+
+    return (select, *install_cmds), remove

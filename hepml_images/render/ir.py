@@ -70,6 +70,8 @@ class Run:
     title: str
     commands: tuple[str, ...]
     wrapper: tuple[str, ...] = ()
+    #: downloads from the network (package repositories, PyPI): trusts ``--ca-bundle`` if given
+    network: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -85,15 +85,51 @@ def _shell(step: ir.Run) -> str:
     return joined
 
 
-def _docker_steps(plan: ir.ImagePlan) -> list[dict[str, Any]]:
+#: Build argument through which ``hepml-images build --ca-bundle`` passes the URL of a CA bundle.
+CA_ARG = "HEPML_CA_URL"
+CA_FILE = "/tmp/hepml-ca.pem"  # noqa: S108 - fetched and removed within one RUN
+_CA_APT = "/tmp/hepml-ca.apt"  # noqa: S108 - idem
+
+
+def _ca_prologue(family: str) -> str:
+    """Shell that fetches the CA bundle and points pip, curl and the package manager at it.
+
+    A no-op when the build argument is unset.
+    """
+    fetch = f'curl -fsS -o {CA_FILE} "${CA_ARG}" 2>/dev/null'
+    trust = (
+        f"export SSL_CERT_FILE={CA_FILE} PIP_CERT={CA_FILE} REQUESTS_CA_BUNDLE={CA_FILE}"
+        f" CURL_CA_BUNDLE={CA_FILE}"
+    )
+    if family in {"debian", "ubuntu"}:
+        fetch += f' || /usr/lib/apt/apt-helper -qq download-file "${CA_ARG}" {CA_FILE}'
+        trust += (
+            f"; printf 'Acquire::https::CaInfo \"%s\";\\n' {CA_FILE} > {_CA_APT}"
+            f"; export APT_CONFIG={_CA_APT}"
+        )
+    else:
+        trust += "".join(
+            f'; {tool}() {{ command {tool} --setopt=sslcacert={CA_FILE} "$@"; }}'
+            for tool in ("dnf", "yum")
+        )
+    return f'if [ -n "${{{CA_ARG}:-}}" ]; then {{ {fetch}; }} && {trust}; fi'
+
+
+def _docker_steps(plan: ir.ImagePlan, *, ca_bundle: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    if ca_bundle and any(isinstance(s, ir.Run) and s.network for s in plan.steps):
+        out.append({"kind": "arg", "name": CA_ARG})
     for step in plan.steps:
         if isinstance(step, ir.Run):
+            commands = step.commands
+            if ca_bundle and step.network:
+                cleanup = f"rm -f {CA_FILE} {_CA_APT}"
+                commands = (_ca_prologue(plan.family), *commands, cleanup)
             if step.wrapper:
-                argv = [*step.wrapper, "bash", "-c", " && ".join(step.commands)]
+                argv = [*step.wrapper, "bash", "-c", " && ".join(commands)]
                 out.append({"kind": "run_exec", "title": step.title, "argv": argv})
             else:
-                out.append({"kind": "run", "title": step.title, "commands": step.commands})
+                out.append({"kind": "run", "title": step.title, "commands": commands})
         elif isinstance(step, ir.SetEnv):
             out.append({"kind": "env", "pairs": step.items})
         elif isinstance(step, ir.Copy):
@@ -164,8 +200,13 @@ def _environment(plan: ir.ImagePlan) -> list[tuple[str, str]]:
     return items
 
 
-def render(plan: ir.ImagePlan) -> Rendered:
-    """Render both build files of one image plan."""
+def render(plan: ir.ImagePlan, *, ca_bundle: bool = False) -> Rendered:
+    """Render both build files of one image plan.
+
+    ``ca_bundle`` adds, for ``build --ca-bundle`` only, the ``HEPML_CA_URL`` build argument and
+    a prologue to every network step that fetches and trusts the bundle and removes it again in
+    the same step: no layer, label or environment variable keeps it.
+    """
     env = environment()
     base = plan.base
     common = {
@@ -186,7 +227,7 @@ def render(plan: ir.ImagePlan) -> Rendered:
     dockerfile = env.get_template("Dockerfile.j2").render(
         **common,
         base_kind=type(base).__name__,
-        steps=_docker_steps(plan),
+        steps=_docker_steps(plan, ca_bundle=ca_bundle),
         entrypoint=plan.entrypoint,
         cmd=plan.cmd,
     )

@@ -269,6 +269,11 @@ def build(  # noqa: C901
             )
             if index_url is not None
             else None,
+            build_from_source=c.many(
+                "components.pip.build-from-source",
+                values.project_name,
+                raw.get("build-from-source", []),
+            ),
         )
     tensorflow = None
     if "tensorflow" in comps:

@@ -92,6 +92,7 @@ class Pip:
     file_content: bytes | None
     require_hashes: bool
     index_url: str | None
+    build_from_source: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -137,6 +137,11 @@ _COMPONENTS = _object(
                     "Install with `--no-deps --require-hashes` (the file must be hash-locked)."
                 ),
                 "index-url": _str("Alternative package index URL."),
+                "build-from-source": _strings(
+                    "Projects pip builds from source (`--no-binary`) against the image's own"
+                    " libraries, e.g. `h5py` against the system HDF5. A compiler and the Python"
+                    " headers are installed for that step and removed again in it."
+                ),
             },
         ),
         "tensorflow": _object(

@@ -210,6 +210,15 @@ def requirement(value: str) -> str:
     return str(req)
 
 
+def project_name(value: str) -> str:
+    """A Python project name as pip's ``--no-binary`` takes it (PEP 508 name)."""
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", value):
+        raise ValueProblem(
+            _describe_bad(value, r"[A-Za-z0-9._-]"), "a Python project name, e.g. h5py"
+        )
+    return value
+
+
 def url(value: str, what: str = "URL") -> str:
     """An http(s) URL without spaces, quotes or shell characters."""
     parts = urlsplit(value)
