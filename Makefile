@@ -4,7 +4,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit golden bench clean
+# The host step: packages and a running Docker Engine (installs as root on Debian/Ubuntu, else
+# checks and says what is missing). HOST_SETUP=true skips it, e.g. to lint on a bare laptop.
+HOST_SETUP ?= bash scripts/setup-host.sh
+
+.PHONY: setup host run test lint typecheck unit golden bench clean
+
+## the machine: build tools and a Docker Engine (scripts/setup-host.sh)
+host:
+	$(HOST_SETUP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,33 +20,39 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $@
 
-## set-up: a virtual environment with hepml-images and its development tools
-setup: $(STAMP)
+## set-up: the host, then a virtual environment with hepml-images and its development tools
+setup: host $(STAMP)
 
-## the main job: render the default environment (Debian ladder, TensorFlow CPU) into out/
+# Builds trust the host's CA bundle (needed behind TLS-intercepting proxies); override or empty it.
+HEPML_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+export HEPML_CA_BUNDLE
+
+## the main job: build and smoke-test the default environment (Debian ladder, TensorFlow CPU)
 run: setup
-	$(BIN)/hepml-images validate debian-tensorflow
-	$(BIN)/hepml-images render debian-tensorflow --variant accelerator=cpu -o out/debian-tensorflow-cpu
+	$(BIN)/hepml-images build
 
 ## everything CI checks: lint, types, tests
 test: lint typecheck unit
 
-lint: setup
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: setup
+typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: setup
 	$(BIN)/python -m pytest
 
 ## refresh the golden files after a deliberate rendering change (then review the diff)
-golden: setup
+golden: $(STAMP)
 	$(BIN)/python -m pytest tests/test_golden.py --update-golden -q
 
 bench: setup
-	$(BIN)/python bench/render_all.py
+	$(BIN)/python -m bench.render_all
+	$(BIN)/python -m bench.noop_rebuild
+	$(BIN)/python -m bench.matrix_cold
+	$(BIN)/python -m bench.image_size
 
 clean:
 	rm -rf $(VENV) out build dist

@@ -5,32 +5,57 @@ Exit codes: 0 success, 2 bad input (spec or arguments), 1 unexpected internal er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import time
 import traceback
 from enum import Enum
-from pathlib import Path  # noqa: TC003 - typer reads the annotations at run time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hepml_images import __version__
-from hepml_images.errors import HepmlError, UsageError
+from hepml_images.build.ca import CA_ENV, CaServer, bridge_gateway, read_bundle
+from hepml_images.build.graph import Builder, Outcome, State
+from hepml_images.build.graph import Options as BuildOptions
+from hepml_images.display import BuildProgress, summary_table
+from hepml_images.doctor import CHECK_NAMES, Status, evaluate, gather, required_checks
+from hepml_images.engine import DIGEST_LABEL, connect
+from hepml_images.errors import (
+    BuildFailed,
+    HepmlError,
+    Interrupted,
+    TestsFailed,
+    UsageError,
+)
 from hepml_images.pipeline import (
+    DEFAULT_EPOCH,
+    DEFAULT_SELECTION,
+    DEFAULT_SPECS,
     FILENAMES,
     render_variants,
     resolve_directory,
     resolve_specs,
     write_build_dir,
 )
+from hepml_images.smoke import session
+from hepml_images.smoke.runner import GpuHost, GpuMode, probe_gpu_host
+from hepml_images.smoke.runner import Status as CheckStatus
 from hepml_images.spec.load import shipped_dir
 from hepml_images.spec.model import Bootstrap
 from hepml_images.spec.schema import SPEC_SCHEMA
+from hepml_images.state import logs_dir
 
 if TYPE_CHECKING:
+    from docker import DockerClient
+
     from hepml_images.resolve import ResolvedVariant
 
 app = typer.Typer(
@@ -205,6 +230,339 @@ def render(
 def schema() -> None:
     """Print the JSON Schema of the spec language (for editors)."""
     sys.stdout.write(json.dumps(SPEC_SCHEMA, indent=2, sort_keys=True) + "\n")
+
+
+_STATUS_STYLE = {Status.ok: "green", Status.warning: "yellow", Status.missing: "red"}
+
+
+@app.command()
+def doctor(
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--require",
+            "-r",
+            metavar="NAME",
+            help=f"Also fail when this check is not ok (repeatable): {', '.join(CHECK_NAMES)}.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Report what this machine has: Docker Engine, NVIDIA runtime and GPUs, tools, credentials.
+
+    Exit 1 when the engine is unreachable or a --require'd check is not ok.
+    """
+    report = evaluate(gather(), required_checks(require or []))
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        table = Table(title="hepml-images doctor")
+        for column in ("check", "status", "detail"):
+            table.add_column(column, overflow="fold")
+        for check in report.checks:
+            status = Text(check.status.value, style=_STATUS_STYLE[check.status])
+            table.add_row(check.name, status, Text(check.detail))
+        out.print(table)
+        hints = [c for c in report.checks if c.hint]
+        if hints:
+            out.print("hints:")
+        for check in hints:
+            out.print(f"  {check.name}: {check.hint}", markup=False)
+        if report.failed:
+            names = ", ".join(c.name for c in report.failed)
+            err.print(f"error: required check(s) not ok: {names}", markup=False)
+    if not report.ok:
+        raise typer.Exit(report.exit_code)
+
+
+GpuOpt = Annotated[
+    GpuMode,
+    typer.Option(
+        "--gpu",
+        help="GPU checks: auto (run them where a GPU and the NVIDIA runtime are there, else skip"
+        " and say so), require (missing GPU is a failure), skip.",
+    ),
+]
+JunitOpt = Annotated[
+    Path | None, typer.Option("--junit", help="Write the results as JUnit XML to this file.")
+]
+
+_CHECK_STYLE = {
+    CheckStatus.PASSED: "green",
+    CheckStatus.FAILED: "bold red",
+    CheckStatus.SKIPPED: "yellow",
+}
+
+
+def _run_tests(
+    client: DockerClient,
+    targets: list[tuple[ResolvedVariant, str]],
+    gpu: GpuMode,
+    junit: Path | None,
+) -> list[dict[str, Any]]:
+    """Smoke-test (variant, image ID) pairs; print the table; store and return the results."""
+    host_cache: list[GpuHost] = []
+
+    def host() -> GpuHost:
+        if not host_cache:
+            host_cache.append(probe_gpu_host(client))
+        return host_cache[0]
+
+    reports = []
+    for variant, image_id in targets:
+        err.print(f"testing {variant.content_ref} ({image_id[7:19]}) …", markup=False)
+        report = session.check_image(client, variant, image_id, gpu=gpu, host=host)
+        session.save(report)
+        reports.append(report)
+    table = Table(title="smoke tests")
+    for column in ("image", "check", "result", "time", "detail"):
+        table.add_column(column, overflow="fold")
+    for report in reports:
+        for result in report.results:
+            table.add_row(
+                report.variant.key,
+                result.check.name,
+                Text(result.status.value, style=_CHECK_STYLE[result.status]),
+                f"{result.seconds:.1f}s",
+                result.message,
+            )
+        if report.gpu_note:
+            table.add_row(report.variant.key, "GPU", "", "", report.gpu_note)
+    err.print(table)
+    for report in reports:
+        for result in report.results:
+            if result.status is CheckStatus.FAILED and result.output:
+                err.print(f"\n{report.variant.key}: {result.check.name} failed:", markup=False)
+                for line in result.output.splitlines()[-15:]:
+                    err.print(f"  | {line}", markup=False)
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_bytes(session.junit_xml(reports))
+        err.print(f"JUnit XML written to {junit}", markup=False)
+    return [session.to_json(r) for r in reports]
+
+
+def _image_variant(client: DockerClient, ref: str) -> tuple[ResolvedVariant, str]:
+    """The variant an image was built from, found through its labels."""
+    from docker.errors import ImageNotFound  # noqa: PLC0415
+
+    try:
+        attrs = client.api.inspect_image(ref)
+    except ImageNotFound:
+        raise UsageError(f"no image {ref} in the local engine") from None
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    spec, slug, digest = (
+        labels.get(k) for k in ("io.hepml.spec", "io.hepml.variant", DIGEST_LABEL)
+    )
+    if not spec or not slug:
+        raise UsageError(
+            f"{ref} was not built by hepml-images (no io.hepml.spec label)",
+            hint="test specs by name, or images that hepml-images built",
+        )
+    resolution = resolve_directory(shipped_dir())
+    for variant in resolution.variants:
+        if variant.spec == spec and variant.slug == slug and variant.digest == digest:
+            return variant, str(attrs["Id"])
+    raise UsageError(
+        f"{ref} was built from {spec}:{slug} with digest {digest}, which the shipped specs no"
+        " longer produce",
+        hint="test it by spec file: hepml-images test path/to/spec.yaml",
+    )
+
+
+def _looks_like_image(argument: str) -> bool:
+    return ":" in argument or argument.startswith("sha256")
+
+
+@app.command("test")
+def smoke_test(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Specs (their built images) or image references; default: the default"
+            " environment.",
+            show_default=False,
+        ),
+    ] = None,
+    variant: VariantOpt = None,
+    gpu: GpuOpt = GpuMode.auto,
+    junit: JunitOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Smoke-test built images: component checks, the specs' smoke commands, GPU checks."""
+    client = connect()
+    pairs: list[tuple[ResolvedVariant, str]] = []
+    images = [t for t in targets or [] if _looks_like_image(t) and not t.endswith(".yaml")]
+    specs = [t for t in targets or [] if t not in images]
+    pairs.extend(_image_variant(client, ref) for ref in images)
+    if specs or not images:
+        names, selection = _selection(specs, variant)
+        resolution = resolve_specs(names, selection)
+        missing = []
+        for resolved in resolution.selected:
+            from hepml_images.build.graph import up_to_date  # noqa: PLC0415
+
+            image_id = up_to_date(client, resolved)
+            if image_id is None:
+                missing.append(resolved.key)
+            else:
+                pairs.append((resolved, image_id))
+        if missing:
+            raise UsageError(
+                f"not built yet: {', '.join(missing)}",
+                hint="build them first: hepml-images build " + " ".join(names),
+            )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        results = _run_tests(client, pairs, gpu, junit)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: test containers were removed") from None
+    if as_json:
+        out.print_json(json.dumps({"tests": results}))
+    if any(not r["passed"] for r in results):
+        raise TestsFailed("smoke tests failed (see the table above)")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    del signum, frame
+    raise KeyboardInterrupt
+
+
+def _epoch() -> int:
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None:
+        return DEFAULT_EPOCH
+    if not raw.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds")
+    return int(raw)
+
+
+def _selection(specs: list[str] | None, variant: list[str] | None) -> tuple[list[str], list[str]]:
+    if specs:
+        return specs, variant or []
+    return list(DEFAULT_SPECS), variant or list(DEFAULT_SELECTION)
+
+
+def _outcome_json(outcome: Outcome, t0: float) -> dict[str, Any]:
+    variant = outcome.variant
+
+    def offset(when: float | None) -> float | None:
+        return None if when is None else round(when - t0, 2)
+
+    return {
+        "spec": variant.spec,
+        "variant": variant.slug,
+        "image": variant.content_ref,
+        "tags": [variant.image],
+        "digest": variant.digest,
+        "state": outcome.state.value,
+        "image_id": outcome.image_id,
+        "seconds": None if outcome.seconds is None else round(outcome.seconds, 1),
+        "reason": outcome.reason,
+        "started": offset(outcome.started),
+        "finished": offset(outcome.finished),
+        "log": str(outcome.log_path) if outcome.log_path else None,
+    }
+
+
+@app.command()
+def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Specs to build (default: the default environment, debian-tensorflow cpu).",
+            show_default=False,
+        ),
+    ] = None,
+    variant: VariantOpt = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Images built at the same time.")
+    ] = 2,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Rebuild even what is up to date.")
+    ] = False,
+    no_test: Annotated[
+        bool, typer.Option("--no-test", help="Do not smoke-test the built images.")
+    ] = False,
+    gpu: GpuOpt = GpuMode.auto,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle",
+            envvar=CA_ENV,
+            help="Extra CA bundle (PEM) trusted by pip and package managers during the build"
+            " only; for TLS-intercepting proxies.",
+        ),
+    ] = None,
+    log_dir: Annotated[Path | None, typer.Option("--log-dir", help="Where build logs go.")] = None,
+    junit: JunitOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Build images in dependency order (skipping what is up to date), then smoke-test them."""
+    names, selection = _selection(specs, variant)
+    resolution = resolve_specs(names, selection)
+    epoch = _epoch()
+    bundle = read_bundle(ca_bundle) if ca_bundle is not None else None
+    client = connect()
+    logs = log_dir or (logs_dir() / time.strftime("%Y%m%d-%H%M%S"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    with contextlib.ExitStack() as stack:
+        ca_url = None
+        if bundle is not None:
+            ca_url = stack.enter_context(CaServer(bundle, bridge_gateway(client))).url
+        options = BuildOptions(
+            jobs=jobs, no_cache=no_cache, epoch=epoch, log_dir=logs, ca_url=ca_url
+        )
+        builder = Builder(connect, resolution.selected, options)
+        progress = BuildProgress(err, list(builder.outcomes.values()))
+        builder.report = progress.update
+        interrupted = False
+        try:
+            with progress:
+                outcomes = builder.run()
+        except KeyboardInterrupt:
+            interrupted = True
+            outcomes = list(builder.outcomes.values())
+    err.print(summary_table(outcomes))
+    for outcome in outcomes:
+        if outcome.state is State.FAILED:
+            err.print(f"\n{outcome.variant.key} failed: {outcome.reason}", markup=False)
+            if outcome.hint:
+                err.print(f"  hint: {outcome.hint}", markup=False)
+            if outcome.log_tail:
+                err.print("  last lines of the log:", markup=False)
+                for line in outcome.log_tail:
+                    err.print(f"  | {line}", markup=False)
+            if outcome.log_path:
+                err.print(f"  full log: {outcome.log_path}", markup=False)
+    if as_json and (interrupted or no_test):
+        out.print_json(json.dumps({"builds": [_outcome_json(o, builder.t0) for o in outcomes]}))
+    if interrupted:
+        raise Interrupted(
+            "interrupted: running builds were stopped and cleaned up",
+            hint="run the same command again; finished images are kept and skipped",
+        )
+    failed = [o for o in outcomes if not o.state.ok]
+    tested: list[dict[str, Any]] = []
+    if not no_test:
+        built = [o for o in outcomes if o.state.ok and o.variant in resolution.selected]
+        tested = _run_tests(client, [(o.variant, o.image_id or "") for o in built], gpu, junit)
+    if as_json and not no_test:
+        out.print_json(
+            json.dumps(
+                {"builds": [_outcome_json(o, builder.t0) for o in outcomes], "tests": tested}
+            )
+        )
+    if failed:
+        names_failed = ", ".join(f"{o.variant.key} ({o.state.value})" for o in failed)
+        raise BuildFailed(
+            f"{len(failed)} of {len(outcomes)} images not built: {names_failed}",
+            hint="see the log tails above; fix the spec or the cause and run again",
+        )
+    if any(not t["passed"] for t in tested):
+        raise TestsFailed("smoke tests failed (see the table above)")
 
 
 def main(argv: list[str] | None = None) -> int:

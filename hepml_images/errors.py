@@ -70,3 +70,27 @@ class IncompatibleVersions(HepmlError):  # noqa: N818 - reads as the sentence it
     """A combination of component versions that is known not to work together."""
 
     exit_code = 2
+
+
+class EngineUnavailable(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """The Docker Engine does not answer."""
+
+    exit_code = 1
+
+
+class BuildFailed(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """One or more images failed to build (the summary names them)."""
+
+    exit_code = 1
+
+
+class TestsFailed(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """One or more smoke-test checks failed."""
+
+    exit_code = 1
+
+
+class Interrupted(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """Ctrl-C or SIGTERM: work was cancelled and cleaned up."""
+
+    exit_code = 130

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 Format = Literal["docker", "singularity", "all"]
+
+#: The default environment: what `hepml-images build` builds without arguments (registry-free).
+DEFAULT_SPECS = ("debian-tensorflow",)
+DEFAULT_SELECTION = ("accelerator=cpu",)
+#: SOURCE_DATE_EPOCH when the environment sets none (2024-01-01T00:00:00Z): a fixed time, so
+#: that bootstrapped bases are reproducible without any set-up.
+DEFAULT_EPOCH = 1704067200
 FILENAMES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
 
 

@@ -254,15 +254,15 @@ def plan(
             out.steps.append(ir.Copy(src=f"requirements/{name}", dest=dest))
             hash_flags = ["--no-deps", "--require-hashes"] if hashed else []
             no_binary = [f"--no-binary={shlex.quote(p)}" for p in pip.build_from_source]
-            install = _pip(
+            pip_cmd = _pip(
                 python, " ".join([*index, *hash_flags, *no_binary, "-r", shlex.quote(dest)])
             )
             if pip.build_from_source:
                 interpreter = comps.python.interpreter if comps.python else "python3"
                 before, after = packages.toolchain(family, interpreter)
-                commands: tuple[str, ...] = (*before, install, *after)
+                commands: tuple[str, ...] = (*before, pip_cmd, *after)
             else:
-                commands = (install,)
+                commands = (pip_cmd,)
             out.run(f"pip requirements ({name})", commands, wrapper)
 
     for copy in content.files:

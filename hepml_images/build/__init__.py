@@ -1,0 +1,1 @@
+"""Building images in a real Docker Engine: graph order, skipping, bootstrapping, clean-up."""

@@ -1,0 +1,289 @@
+"""Build a set of variants in ``extends`` order, cleanly.
+
+Parents once and before their children; independent images in parallel; what is up to date is
+skipped; an interruption stops running steps and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from hepml_images.build.images import (
+    Activity,
+    BuildError,
+    Cancelled,
+    build_bootstrapped,
+    build_dockerfile,
+)
+from hepml_images.engine import DIGEST_LABEL
+from hepml_images.render import ir
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from docker import DockerClient
+
+    from hepml_images.resolve import ResolvedVariant
+
+_TAIL_LINES = 25
+
+
+class State(str, Enum):
+    """Where one image stands."""
+
+    WAITING = "waiting"
+    BUILDING = "building"
+    BUILT = "built"
+    UP_TO_DATE = "up to date"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+
+    @property
+    def ok(self) -> bool:
+        """Built now or already there."""
+        return self in {State.BUILT, State.UP_TO_DATE}
+
+
+@dataclass
+class Outcome:
+    """One image's build result, updated while it builds."""
+
+    variant: ResolvedVariant
+    state: State = State.WAITING
+    step: str = ""
+    image_id: str | None = None
+    reason: str | None = None
+    hint: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    log_path: Path | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time of the build (None until it started)."""
+        if self.started is None:
+            return None
+        return (self.finished or time.monotonic()) - self.started
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """How to build."""
+
+    jobs: int = 2
+    no_cache: bool = False
+    epoch: int
+    log_dir: Path
+    ca_url: str | None = None
+
+
+def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
+    """The selected variants and every ancestor, each once, parents first."""
+    seen: dict[str, ResolvedVariant] = {}
+
+    def add(variant: ResolvedVariant) -> None:
+        if variant.key in seen:
+            return
+        if variant.parent is not None:
+            add(variant.parent)
+        seen[variant.key] = variant
+
+    for variant in selected:
+        add(variant)
+    return list(seen.values())
+
+
+def up_to_date(client: DockerClient, variant: ResolvedVariant) -> str | None:
+    """The ID of the image already built from this exact content, if any."""
+    from docker.errors import ImageNotFound  # noqa: PLC0415
+
+    try:
+        attrs = client.api.inspect_image(variant.content_ref)
+    except ImageNotFound:
+        return None
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    if labels.get(DIGEST_LABEL) != variant.digest:
+        return None
+    return str(attrs["Id"])
+
+
+def _tag(client: DockerClient, image_id: str, variant: ResolvedVariant) -> None:
+    for ref in {variant.content_ref, variant.image}:
+        repository, tag = ref.rsplit(":", 1)
+        client.api.tag(image_id, repository, tag, force=True)
+
+
+def _remove_replaced(client: DockerClient, old_id: str | None, new_id: str) -> None:
+    """A rebuild leaves the previous image untagged: remove it unless something uses it."""
+    if old_id is None or old_id == new_id:
+        return
+    with contextlib.suppress(Exception):
+        attrs = client.api.inspect_image(old_id)
+        if not attrs.get("RepoTags"):
+            client.api.remove_image(old_id, noprune=False)
+
+
+class Builder:
+    """Runs one build session; ``outcomes`` is live state for a progress display."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], DockerClient],
+        selected: Sequence[ResolvedVariant],
+        options: Options,
+        report: Callable[[Outcome], None] = lambda _o: None,
+    ) -> None:
+        self.client_factory = client_factory
+        self.options = options
+        self.report = report
+        self.variants = closure(selected)
+        self.outcomes = {v.key: Outcome(variant=v) for v in self.variants}
+        self.cancel = threading.Event()
+        self.t0 = time.monotonic()
+        self._activities: dict[str, Activity] = {}
+        self._lock = threading.Lock()
+        self._control = client_factory()
+
+    def _update(self, outcome: Outcome, **changes: object) -> None:
+        for key, value in changes.items():
+            setattr(outcome, key, value)
+        self.report(outcome)
+
+    def _build_one(self, variant: ResolvedVariant) -> None:
+        outcome = self.outcomes[variant.key]
+        client = self.client_factory()
+        old_id = None
+        if not self.options.no_cache:
+            existing = up_to_date(client, variant)
+            if existing is not None:
+                _tag(client, existing, variant)
+                self._update(outcome, state=State.UP_TO_DATE, image_id=existing, step="")
+                return
+        else:
+            with contextlib.suppress(Exception):
+                old_id = str(client.api.inspect_image(variant.content_ref)["Id"])
+        activity = Activity(cancel=self.cancel)
+        with self._lock:
+            self._activities[variant.key] = activity
+        self.options.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.options.log_dir / f"{variant.spec}-{variant.slug}.log"
+        self._update(outcome, state=State.BUILDING, started=time.monotonic(), log_path=log_path)
+
+        def progress(step: str) -> None:
+            self._update(outcome, step=step)
+
+        try:
+            with log_path.open("w", encoding="utf-8", buffering=1) as log:
+                log.write(f"# {variant.key} → {variant.content_ref} (digest {variant.digest})\n")
+                builder = (
+                    build_bootstrapped
+                    if isinstance(variant.plan.base, ir.FromBootstrap)
+                    else build_dockerfile
+                )
+                image_id = builder(
+                    client,
+                    variant,
+                    log=log,
+                    progress=progress,
+                    activity=activity,
+                    **self._extra(variant),
+                )
+            _tag(client, image_id, variant)
+            _remove_replaced(client, old_id, image_id)
+        except Cancelled:
+            self._finish(outcome, State.CANCELLED, "interrupted")
+        except BuildError as exc:
+            self._finish(outcome, State.FAILED, exc.message, exc.hint)
+        except Exception as exc:  # noqa: BLE001 - engine/API errors: reported per image
+            self._finish(outcome, State.FAILED, f"{type(exc).__name__}: {exc}")
+        else:
+            self._update(
+                outcome, state=State.BUILT, image_id=image_id, finished=time.monotonic(), step=""
+            )
+        finally:
+            with self._lock:
+                self._activities.pop(variant.key, None)
+
+    def _extra(self, variant: ResolvedVariant) -> dict[str, Any]:
+        extra: dict[str, Any] = {"no_cache": self.options.no_cache, "ca_url": self.options.ca_url}
+        if isinstance(variant.plan.base, ir.FromBootstrap):
+            extra["epoch"] = self.options.epoch
+        return extra
+
+    def _finish(self, outcome: Outcome, state: State, reason: str, hint: str | None = None) -> None:
+        tail: list[str] = []
+        if outcome.log_path is not None and outcome.log_path.exists():
+            lines = outcome.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            tail = lines[-_TAIL_LINES:]
+        self._update(
+            outcome,
+            state=state,
+            reason=reason,
+            hint=hint,
+            finished=time.monotonic(),
+            log_tail=tail,
+            step="",
+        )
+
+    def stop(self) -> None:
+        """Cancel: nothing new starts; running steps are killed and clean up."""
+        self.cancel.set()
+        with self._lock:
+            activities = list(self._activities.values())
+        for activity in activities:
+            activity.stop(self._control)
+
+    def run(self) -> list[Outcome]:
+        """Build everything; return the outcomes in build order. Ctrl-C → stop, then raise."""
+        pending = deque(self.variants)
+        running: dict[Future[None], str] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            try:
+                while pending or running:
+                    self._start_ready(pending, running, pool)
+                    if not running:
+                        break
+                    done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        running.pop(future)
+                        future.result()
+            except BaseException:
+                self.stop()
+                for outcome in self.outcomes.values():
+                    if outcome.state is State.WAITING:
+                        self._update(outcome, state=State.CANCELLED, reason="interrupted")
+                wait(running)
+                raise
+        return [self.outcomes[v.key] for v in self.variants]
+
+    def _start_ready(
+        self,
+        pending: deque[ResolvedVariant],
+        running: dict[Future[None], str],
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        for variant in list(pending):
+            parent = self.outcomes[variant.parent.key] if variant.parent else None
+            if parent is not None and parent.state in {State.WAITING, State.BUILDING}:
+                continue
+            pending.remove(variant)
+            outcome = self.outcomes[variant.key]
+            if parent is not None and not parent.state.ok:
+                self._update(
+                    outcome,
+                    state=State.BLOCKED,
+                    reason=f"parent {parent.variant.key} {parent.state.value}",
+                )
+                continue
+            self._update(outcome, state=State.BUILDING, step="starting")
+            running[pool.submit(self._build_one, variant)] = variant.key

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Prepare this machine for hepml-images: the tools that build, test and publish images, and a
+# Docker Engine that answers.
+#
+# As root on Debian/Ubuntu (apt-get): install the missing packages (one apt-get update, one
+# apt-get install), then start dockerd when no engine answers. Otherwise: check, and print what
+# is missing with the command that fixes it. Idempotent: silent when everything is there, one
+# line per action taken otherwise.
+#
+# Exit status: 1 when the Docker Engine or mmdebstrap is missing at the end (nothing builds
+# without them), 0 otherwise (other missing tools only disable the stages that use them).
+set -euo pipefail
+
+PACKAGES=(
+  docker.io mmdebstrap squashfs-tools squashfs-tools-ng siftool skopeo apache2-utils
+  docker-registry uidmap git make python3 python3-venv ca-certificates
+)
+DOCKERD_LOG=/var/log/hepml-dockerd.log
+APT_LOG=/var/log/hepml-setup-apt.log
+WAIT_S=60
+DEFAULT_SOCKET=/var/run/docker.sock
+
+say() { printf 'setup-host: %s\n' "$*"; }
+warn() { printf 'setup-host: warning: %s\n' "$*" >&2; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+has_apt() { command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; }
+
+installed() {
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+# dockerd from any source: docker.io, docker-ce, a static binary.
+have_dockerd() {
+  command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || [ -x /usr/bin/dockerd ]
+}
+
+# The Unix socket the engine is expected on: DOCKER_HOST's, or the default one.
+engine_socket() {
+  case "${DOCKER_HOST:-}" in
+    "") printf '%s\n' "$DEFAULT_SOCKET" ;;
+    unix://*) printf '%s\n' "${DOCKER_HOST#unix://}" ;;
+    *) return 1 ;;
+  esac
+}
+
+# Whether an engine answers: `docker info`, or without the CLI a ping on the socket.
+engine_answers() {
+  if command -v docker >/dev/null 2>&1; then
+    timeout 20 docker info >/dev/null 2>&1
+    return
+  fi
+  local socket
+  socket=$(engine_socket) || return 1
+  command -v python3 >/dev/null 2>&1 || return 1
+  python3 - "$socket" <<'EOF' >/dev/null 2>&1
+import socket, sys
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s.settimeout(5)
+    s.connect(sys.argv[1])
+    s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+    status = s.recv(64).split(b"\r\n", 1)[0].split()
+sys.exit(0 if len(status) >= 2 and status[1] == b"200" else 1)
+EOF
+}
+
+# Packages not installed (docker.io only when no engine and no dockerd is there already).
+missing_packages() {
+  local pkg
+  for pkg in "${PACKAGES[@]}"; do
+    installed "$pkg" && continue
+    if [ "$pkg" = docker.io ] && { engine_answers || have_dockerd; }; then
+      continue
+    fi
+    printf '%s\n' "$pkg"
+  done
+}
+
+# Whether apt knows a package (after apt-get update): it has an installation candidate.
+apt_knows() {
+  local candidate
+  candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }')
+  [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
+install_packages() {
+  local missing=() known=() pkg
+  mapfile -t missing < <(missing_packages)
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  # With package lists present and none of the missing packages in them (siftool on Ubuntu),
+  # an update would not help: skip it, so that a re-run stays quick.
+  if compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    for pkg in "${missing[@]}"; do
+      apt_knows "$pkg" && known+=("$pkg")
+    done
+  fi
+  if [ "${#known[@]}" -gt 0 ] || ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    known=()
+    say "apt-get update (for: ${missing[*]})"
+    if ! apt-get update -qq >"$APT_LOG" 2>&1; then
+      tail -n 20 "$APT_LOG" >&2
+      warn "apt-get update failed (log: $APT_LOG); installing from the package lists there are"
+    fi
+  fi
+  for pkg in "${missing[@]}"; do
+    if apt_knows "$pkg"; then
+      known+=("$pkg")
+    else
+      warn "apt does not know the package $pkg: skipped"
+    fi
+  done
+  [ "${#known[@]}" -eq 0 ] && return 0
+  say "installing ${known[*]}"
+  if ! apt-get install -y -qq --no-install-recommends "${known[@]}" >>"$APT_LOG" 2>&1; then
+    tail -n 20 "$APT_LOG" >&2
+    warn "apt-get install failed (log: $APT_LOG)"
+  fi
+}
+
+# Wait for the engine; give up early when the dockerd we started ($1, optional) has exited.
+wait_for_engine() {
+  local waited=0 pid="${1:-}"
+  until engine_answers; do
+    [ "$waited" -ge "$WAIT_S" ] && return 1
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      engine_answers
+      return
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
+# Start dockerd (systemd when it is PID 1, else in the background) and wait for it to answer.
+start_engine() {
+  engine_answers && return 0
+  engine_socket >/dev/null || return 0 # DOCKER_HOST names a remote engine: not ours to start
+  have_dockerd || return 0             # reported as missing below
+  local pid="" started=""
+  if [ "$(engine_socket)" = "$DEFAULT_SOCKET" ]; then
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  fi
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    say "dockerd is running (pid $pid) but does not answer yet: waiting up to ${WAIT_S}s"
+  elif [ "$(cat /proc/1/comm 2>/dev/null || true)" = systemd ]; then
+    say "starting the Docker Engine: systemctl start docker"
+    systemctl start docker || true
+  else
+    say "starting the Docker Engine: dockerd in the background (log: $DOCKERD_LOG)"
+    setsid nohup dockerd </dev/null >"$DOCKERD_LOG" 2>&1 &
+    started=$!
+  fi
+  if ! wait_for_engine "$started"; then
+    warn "the Docker Engine did not come up; the last lines of its log:"
+    if [ "$(cat /proc/1/comm 2>/dev/null || true)" = systemd ]; then
+      journalctl -u docker -n 20 --no-pager >&2 || true
+    else
+      tail -n 20 "$DOCKERD_LOG" >&2 || true
+    fi
+    return 1
+  fi
+}
+
+# How to install a package here (the apt command, or words for other systems).
+fix() {
+  if has_apt; then
+    local sudo=""
+    is_root || sudo="sudo "
+    if [ "$1" = siftool ] && ! apt_knows siftool; then
+      printf 'go install github.com/apptainer/sif/v2/cmd/siftool@latest (not packaged here)'
+      return
+    fi
+    printf '%sapt-get install -y --no-install-recommends %s' "$sudo" "$1"
+  else
+    printf 'install the package %s (Debian name) with the system package manager' "$1"
+  fi
+}
+
+# Print what is missing, one line each; return 1 when the engine or mmdebstrap is missing.
+check() {
+  local status=0 sudo=""
+  is_root || sudo="sudo "
+  local -A tools=(
+    [mmdebstrap]=mmdebstrap [mksquashfs]=squashfs-tools [tar2sqfs]=squashfs-tools-ng
+    [siftool]=siftool [skopeo]=skopeo [htpasswd]=apache2-utils [docker-registry]=docker-registry
+    [newuidmap]=uidmap [git]=git [make]=make [python3]=python3
+  )
+  local tool
+  for tool in mmdebstrap mksquashfs tar2sqfs siftool skopeo htpasswd docker-registry newuidmap \
+    git make python3; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      say "missing: $tool (fix: $(fix "${tools[$tool]}"))"
+      [ "$tool" = mmdebstrap ] && status=1
+    fi
+  done
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    say "missing: python3 venv support (fix: $(fix python3-venv))"
+  fi
+  if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
+    say "missing: CA certificates (fix: $(fix ca-certificates))"
+  fi
+  if ! engine_answers; then
+    status=1
+    local socket
+    if ! socket=$(engine_socket); then
+      say "missing: Docker Engine: none answers at DOCKER_HOST=$DOCKER_HOST (fix: start it there, or unset DOCKER_HOST)"
+    elif [ -S "$socket" ] && [ ! -w "$socket" ]; then
+      say "missing: Docker Engine access: $socket is not writable for $(id -un) (fix: sudo usermod -aG docker $(id -un), then log in again)"
+    elif have_dockerd && is_root; then
+      say "missing: a running Docker Engine (dockerd did not come up: see its log above)"
+    elif have_dockerd; then
+      say "missing: a running Docker Engine (fix: ${sudo}systemctl start docker, or run this script as root)"
+    else
+      say "missing: Docker Engine (fix: $(fix docker.io), then ${sudo}systemctl start docker; or run this script as root)"
+    fi
+  fi
+  return "$status"
+}
+
+main() {
+  if is_root && has_apt; then
+    install_packages
+  fi
+  if is_root; then
+    start_engine || true # check() reports it
+  fi
+  check
+}
+
+main "$@"

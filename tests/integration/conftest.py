@@ -1,0 +1,42 @@
+"""Fixtures for integration tests: the real Docker Engine of this machine.
+
+``docker_client`` is a connected client; without an engine the test is skipped locally and fails
+under ``CI=true``, like a missing tool (``tests.conftest.require_tool``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import in_ci
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import docker
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A client for the engine named by DOCKER_HOST (default: the local socket), shared."""
+    import docker
+    import docker.errors
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):  # the SDK leaks its socket when this connect fails
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(host.removeprefix("unix://"))
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        message = f"no Docker Engine answers: {exc}"
+        if in_ci():
+            pytest.fail(f"{message} (CI=true: a missing engine is a failure)")
+        pytest.skip(message)
+    yield client
+    client.close()

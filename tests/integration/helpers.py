@@ -1,0 +1,63 @@
+"""Running the real command line against the real engine, and looking at what it left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import docker
+
+#: The host's CA bundle: on the CI machine PyPI is only reachable from containers with it.
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass
+class Run:
+    """A finished command-line run."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """Stdout as JSON."""
+        return json.loads(self.stdout)
+
+
+def cli_env(state: Path) -> dict[str, str]:
+    """The environment for a CLI run: its own state dir, the host CA bundle when there is one."""
+    env = {**os.environ, "HEPML_IMAGES_STATE": str(state), "COLUMNS": "200"}
+    if HOST_CA.exists():
+        env["HEPML_CA_BUNDLE"] = str(HOST_CA)
+    return env
+
+
+def cli(state: Path, *args: str, timeout: int = 1800) -> Run:
+    """Run ``hepml-images ARGS`` in a subprocess (as a user would) and wait for it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hepml_images", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(state),
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def leftovers(client: docker.DockerClient) -> tuple[set[str], set[str]]:
+    """IDs of all containers (running or stopped) and of dangling images."""
+    containers = {c["Id"] for c in client.api.containers(all=True)}
+    dangling = {i["Id"] for i in client.api.images(filters={"dangling": True})}
+    return containers, dangling
+
+
+def by_key(builds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Build results of ``build --json`` keyed by ``spec:variant``."""
+    return {f"{b['spec']}:{b['variant']}": b for b in builds}

@@ -1,0 +1,141 @@
+"""The README's main job, for real: bootstrap → HDF5 → Python 3 → TensorFlow CPU, smoke-tested.
+
+Slow (the first run downloads Debian packages and ~300 MB of wheels); everything else in the
+integration suite builds small images on top of the same bootstrapped base.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.integration.helpers import HOST_CA, by_key, cli, leftovers
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import docker
+
+pytestmark = pytest.mark.integration
+
+LADDER = (
+    "debian-base:default",
+    "debian-hdf5:default",
+    "debian-python:default",
+    "debian-tensorflow:cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="module")
+def first_build(docker_client: docker.DockerClient, state: Path) -> dict[str, object]:
+    del docker_client  # requested for its check: no engine fails under CI
+    run = cli(state, "build", "--json", "--junit", str(state / "junit.xml"))
+    assert run.code == 0, run.stderr[-5000:]
+    result: dict[str, object] = run.json()
+    return result
+
+
+def test_default_environment_builds_and_passes_its_smoke_tests(
+    first_build: dict[str, object], docker_client: docker.DockerClient
+) -> None:
+    builds = by_key(first_build["builds"])  # type: ignore[arg-type]
+    assert list(builds) == list(LADDER)
+    assert all(b["state"] in {"built", "up to date"} for b in builds.values())
+    tests = first_build["tests"]
+    assert isinstance(tests, list)
+    assert [t["spec"] for t in tests] == ["debian-tensorflow"]
+    report = tests[0]
+    assert report["passed"], report
+    assert report["image_id"] == builds["debian-tensorflow:cpu"]["image_id"]
+    checks = {c["name"]: c for c in report["checks"]}
+    for name in (
+        "Python is 3.11",
+        "HDF5 tools report 1.10",
+        "h5py uses HDF5 1.10",
+        "TensorFlow 2.21.0 imports and computes",
+        "uproot imports",
+        "awkward imports",
+        "tensorflow computes",
+    ):
+        assert checks[name]["status"] == "passed", checks[name]
+    assert "HDF5 1.10." in checks["h5py uses HDF5 1.10"]["output"]
+    # every check ran in a throwaway container
+    containers, _ = leftovers(docker_client)
+    assert not any(
+        "io.hepml.smoke" in (docker_client.api.inspect_container(c)["Config"]["Labels"] or {})
+        for c in containers
+    )
+
+
+def test_results_are_tied_to_the_image_id(first_build: dict[str, object], state: Path) -> None:
+    tests = first_build["tests"]
+    assert isinstance(tests, list)
+    image_id = tests[0]["image_id"]
+    stored = state / "results" / f"{image_id.removeprefix('sha256:')}.json"
+    assert stored.exists()
+    junit = (state / "junit.xml").read_text(encoding="utf-8")
+    assert image_id in junit
+    assert 'failures="0"' in junit
+
+
+def test_second_build_skips_everything(
+    first_build: dict[str, object], state: Path, docker_client: docker.DockerClient
+) -> None:
+    del first_build
+    before = leftovers(docker_client)
+    run = cli(state, "build", "--json", "--no-test")
+    assert run.code == 0, run.stderr[-3000:]
+    builds = by_key(run.json()["builds"])
+    assert {b["state"] for b in builds.values()} == {"up to date"}
+    assert "up to date" in run.stderr
+    assert leftovers(docker_client) == before
+
+
+def test_bootstrapped_base_is_reproducible(first_build: dict[str, object], state: Path) -> None:
+    builds = by_key(first_build["builds"])  # type: ignore[arg-type]
+    run = cli(state, "build", "debian-base", "--no-cache", "--no-test", "--json")
+    assert run.code == 0, run.stderr[-3000:]
+    again = by_key(run.json()["builds"])["debian-base:default"]
+    assert again["state"] == "built"
+    assert again["image_id"] == builds["debian-base:default"]["image_id"]
+
+
+@pytest.mark.skipif(not HOST_CA.exists(), reason="no host CA bundle to pass")
+def test_ca_bundle_leaves_no_trace(
+    first_build: dict[str, object], docker_client: docker.DockerClient
+) -> None:
+    """The CA bundle was used for apt and pip in debian-python; nothing of it stays."""
+    builds = by_key(first_build["builds"])  # type: ignore[arg-type]
+    image = docker_client.images.get(builds["debian-python:default"]["image_id"])
+    config = image.attrs["Config"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "APT_CONFIG"):
+        assert name not in env
+    assert not any("CERTIFICATE" in v for v in (config.get("Labels") or {}).values())
+    for entry in image.history():
+        assert "BEGIN CERTIFICATE" not in entry.get("CreatedBy", "")
+    # no layer holds a file the CA prologue wrote
+    archive = io.BytesIO()
+    for chunk in image.save(named=False):
+        archive.write(chunk)
+    archive.seek(0)
+    names: list[str] = []
+    with tarfile.open(fileobj=archive) as outer:
+        for member in outer.getmembers():
+            if member.name.endswith(".tar"):
+                layer = outer.extractfile(member)
+                assert layer is not None
+                with tarfile.open(fileobj=io.BytesIO(layer.read())) as inner:
+                    names += inner.getnames()
+    assert names, "the image has layers"
+    assert not [n for n in names if "hepml-ca" in n or "hepml-build-deps" in n]
+    # and no compiler stayed behind from the h5py build
+    assert not [n for n in names if n.endswith("bin/x86_64-linux-gnu-gcc-12")]
