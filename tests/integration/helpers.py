@@ -26,8 +26,13 @@ class Run:
     stderr: str
 
     def json(self) -> Any:
-        """Stdout as JSON."""
-        return json.loads(self.stdout)
+        """Stdout as JSON (a failure shows stderr, which says why there is none)."""
+        try:
+            return json.loads(self.stdout)
+        except ValueError:
+            raise AssertionError(
+                f"exit {self.code}, no JSON on stdout; stderr:\n{self.stderr[-4000:]}"
+            ) from None
 
 
 def cli_env(state: Path) -> dict[str, str]:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,6 +32,7 @@ description: test parent
 version: "1.0.0"
 env:
   GREETING: {greeting}
+  TEST_RUN: "{run}"
 smoke:
   - name: greeting set
     run: test "$GREETING" = {greeting}
@@ -43,7 +45,7 @@ version: "1.0.0"
 matrix:
   flavor: [a, b]
 env:
-  FLAVOR: ${{{{ matrix.flavor }}}}
+  FLAVOR: ${{ matrix.flavor }}
 smoke:
   - name: flavor set
     run: test -n "$FLAVOR"
@@ -54,7 +56,7 @@ extends: debian-base
 description: independent of the others
 version: "1.0.0"
 env:
-  OTHER: "1"
+  OTHER: "{run}"
 """
 BROKEN = """\
 name: t-broken
@@ -92,10 +94,15 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")
 
 
+#: Makes this session's test images new, whatever earlier sessions left in the engine.
+RUN = uuid.uuid4().hex
+
+
 def write_specs(directory: Path, **texts: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
-        (directory / f"{name.replace('_', '-')}.yaml").write_text(text, encoding="utf-8")
+        path = directory / f"{name.replace('_', '-')}.yaml"
+        path.write_text(text.replace("{run}", RUN), encoding="utf-8")
     return directory
 
 
@@ -108,7 +115,7 @@ def build(state: Path, *args: str) -> tuple[int, dict[str, dict[str, object]], s
 def test_parallel_build_respects_the_graph_and_second_build_skips(
     tmp_path: Path, state: Path, docker_client: docker.DockerClient
 ) -> None:
-    specs = write_specs(tmp_path, t_parent=PARENT.format(greeting="hello"), t_child=CHILD)
+    specs = write_specs(tmp_path, t_parent=PARENT.replace("{greeting}", "hello"), t_child=CHILD)
     code, builds, stderr = build(state, str(specs / "t-child.yaml"), "-j", "3", "--no-test")
     assert code == 0, stderr[-3000:]
     assert list(builds) == ["debian-base:default", "t-parent:default", "t-child:a", "t-child:b"]
@@ -135,10 +142,10 @@ def test_parallel_build_respects_the_graph_and_second_build_skips(
 def test_parent_change_rebuilds_parent_and_children_only(
     tmp_path: Path, state: Path, docker_client: docker.DockerClient
 ) -> None:
-    specs = write_specs(tmp_path, t_parent=PARENT.format(greeting="hello"), t_child=CHILD)
+    specs = write_specs(tmp_path, t_parent=PARENT.replace("{greeting}", "hello"), t_child=CHILD)
     code, first, stderr = build(state, str(specs / "t-child.yaml"))
     assert code == 0, stderr[-3000:]
-    write_specs(tmp_path, t_parent=PARENT.format(greeting="changed"))
+    write_specs(tmp_path, t_parent=PARENT.replace("{greeting}", "changed"))
     code, second, stderr = build(state, str(specs / "t-child.yaml"))
     assert code == 0, stderr[-3000:]
     assert second["debian-base:default"]["state"] == "up to date"
