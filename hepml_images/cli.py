@@ -547,8 +547,21 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     failed = [o for o in outcomes if not o.state.ok]
     tested: list[dict[str, Any]] = []
     if not no_test:
-        built = [o for o in outcomes if o.state.ok and o.variant in resolution.selected]
-        tested = _run_tests(client, [(o.variant, o.image_id or "") for o in built], gpu, junit)
+        targets = []
+        for outcome in outcomes:
+            image_id = outcome.image_id or ""
+            if not outcome.state.ok:
+                continue
+            earlier = session.load_result(image_id)
+            if outcome.state is State.UP_TO_DATE and earlier and earlier.get("passed"):
+                err.print(
+                    f"{outcome.variant.key}: up to date, passed its smoke tests at"
+                    f" {earlier.get('finished', '?')} (same image ID)",
+                    markup=False,
+                )
+                continue
+            targets.append((outcome.variant, image_id))
+        tested = _run_tests(client, targets, gpu, junit)
     if as_json and not no_test:
         out.print_json(
             json.dumps(

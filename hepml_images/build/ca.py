@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import threading
 from typing import TYPE_CHECKING
 
@@ -63,6 +62,8 @@ class CaServer:
     """Serve one bundle at one unguessable path until closed."""
 
     def __init__(self, data: bytes, host: str) -> None:
+        import http.server  # noqa: PLC0415 - only builds with --ca-bundle serve anything
+
         digest = hashlib.sha256(data).hexdigest()
         self.path = f"/hepml-ca-{digest[:32]}.pem"
         body = data
@@ -104,6 +105,7 @@ class CaServer:
         self.close()
 
     def close(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
+        """Stop serving (and free the port)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

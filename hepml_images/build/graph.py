@@ -105,6 +105,12 @@ def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
 
 def up_to_date(client: DockerClient, variant: ResolvedVariant) -> str | None:
     """The ID of the image already built from this exact content, if any."""
+    found = _existing(client, variant)
+    return None if found is None else found[0]
+
+
+def _existing(client: DockerClient, variant: ResolvedVariant) -> tuple[str, list[str]] | None:
+    """ID and tags of the image built from this exact content, if any."""
     from docker.errors import ImageNotFound  # noqa: PLC0415
 
     try:
@@ -114,11 +120,13 @@ def up_to_date(client: DockerClient, variant: ResolvedVariant) -> str | None:
     labels = (attrs.get("Config") or {}).get("Labels") or {}
     if labels.get(DIGEST_LABEL) != variant.digest:
         return None
-    return str(attrs["Id"])
+    return str(attrs["Id"]), list(attrs.get("RepoTags") or [])
 
 
-def _tag(client: DockerClient, image_id: str, variant: ResolvedVariant) -> None:
-    for ref in {variant.content_ref, variant.image}:
+def _tag(
+    client: DockerClient, image_id: str, variant: ResolvedVariant, have: Sequence[str] = ()
+) -> None:
+    for ref in sorted({variant.content_ref, variant.image} - set(have)):
         repository, tag = ref.rsplit(":", 1)
         client.api.tag(image_id, repository, tag, force=True)
 
@@ -163,15 +171,8 @@ class Builder:
         outcome = self.outcomes[variant.key]
         client = self.client_factory()
         old_id = None
-        if not self.options.no_cache:
-            existing = up_to_date(client, variant)
-            if existing is not None:
-                _tag(client, existing, variant)
-                self._update(outcome, state=State.UP_TO_DATE, image_id=existing, step="")
-                return
-        else:
-            with contextlib.suppress(Exception):
-                old_id = str(client.api.inspect_image(variant.content_ref)["Id"])
+        with contextlib.suppress(Exception):
+            old_id = str(client.api.inspect_image(variant.content_ref)["Id"])
         activity = Activity(cancel=self.cancel)
         with self._lock:
             self._activities[variant.key] = activity
@@ -284,6 +285,12 @@ class Builder:
                     state=State.BLOCKED,
                     reason=f"parent {parent.variant.key} {parent.state.value}",
                 )
+                continue
+            # the common case, nothing to build, is decided here without a worker thread
+            found = None if self.options.no_cache else _existing(self._control, variant)
+            if found is not None:
+                _tag(self._control, found[0], variant, found[1])
+                self._update(outcome, state=State.UP_TO_DATE, image_id=found[0])
                 continue
             self._update(outcome, state=State.BUILDING, step="starting")
             running[pool.submit(self._build_one, variant)] = variant.key

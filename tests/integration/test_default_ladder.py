@@ -51,9 +51,10 @@ def test_default_environment_builds_and_passes_its_smoke_tests(
     assert all(b["state"] in {"built", "up to date"} for b in builds.values())
     tests = first_build["tests"]
     assert isinstance(tests, list)
-    assert [t["spec"] for t in tests] == ["debian-tensorflow"]
-    report = tests[0]
-    assert report["passed"], report
+    # every image of the ladder is tested (none has a stored result in this fresh state dir)
+    assert [f"{t['spec']}:{t['variant']}" for t in tests] == list(LADDER)
+    assert all(t["passed"] for t in tests), tests
+    report = tests[-1]
     assert report["image_id"] == builds["debian-tensorflow:cpu"]["image_id"]
     checks = {c["name"]: c for c in report["checks"]}
     for name in (
@@ -78,7 +79,7 @@ def test_default_environment_builds_and_passes_its_smoke_tests(
 def test_results_are_tied_to_the_image_id(first_build: dict[str, object], state: Path) -> None:
     tests = first_build["tests"]
     assert isinstance(tests, list)
-    image_id = tests[0]["image_id"]
+    image_id = tests[-1]["image_id"]
     stored = state / "results" / f"{image_id.removeprefix('sha256:')}.json"
     assert stored.exists()
     junit = (state / "junit.xml").read_text(encoding="utf-8")
@@ -96,6 +97,11 @@ def test_second_build_skips_everything(
     builds = by_key(run.json()["builds"])
     assert {b["state"] for b in builds.values()} == {"up to date"}
     assert "up to date" in run.stderr
+    # with tests: the stored results for the same image IDs are used, nothing runs again
+    run = cli(state, "build", "--json")
+    assert run.code == 0, run.stderr[-3000:]
+    assert run.json()["tests"] == []
+    assert run.stderr.count("passed its smoke tests at") == len(LADDER)
     assert leftovers(docker_client) == before
 
 

@@ -69,7 +69,7 @@ def run(  # noqa: PLR0913 - keyword-only scenario knobs
     monkeypatch.setattr(graph, "build_dockerfile", recorder)
     monkeypatch.setattr(graph, "build_bootstrapped", recorder)
     monkeypatch.setattr(
-        graph, "up_to_date", lambda _c, v: "sha256:present" if v.key in present else None
+        graph, "_existing", lambda _c, v: ("sha256:present", []) if v.key in present else None
     )
     monkeypatch.setattr(graph, "_tag", lambda *_a: None)
     options = Options(jobs=jobs, epoch=0, log_dir=tmp)
