@@ -90,7 +90,9 @@ class CaServer:
             self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
         port = self._server.server_address[1]
         self.url = f"http://{host}:{port}{self.path}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> Self:
         self._thread.start()
