@@ -561,7 +561,13 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
                 )
                 continue
             targets.append((outcome.variant, image_id))
-        tested = _run_tests(client, targets, gpu, junit)
+        try:
+            tested = _run_tests(client, targets, gpu, junit)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted while smoke-testing: the test containers were removed",
+                hint="hepml-images test runs the smoke tests again without rebuilding",
+            ) from None
     if as_json and not no_test:
         out.print_json(
             json.dumps(
