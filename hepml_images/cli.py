@@ -66,8 +66,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: Tables in CI logs (not a terminal) get room instead of rich's 80-column default.
+_LOG_WIDTH = 160
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else _LOG_WIDTH)
+err = Console(
+    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else _LOG_WIDTH
+)
 
 
 class OutputFormat(str, Enum):
@@ -326,7 +330,7 @@ def _run_tests(
                 f"{result.seconds:.1f}s",
                 result.message,
             )
-        if report.gpu_note:
+        if report.gpu_note and report.gpu_note != session.NOT_GPU:
             table.add_row(report.variant.key, "GPU", "", "", report.gpu_note)
     err.print(table)
     for report in reports:

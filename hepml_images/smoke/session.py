@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from hepml_images.resolve import ResolvedVariant
 
 
+#: The GPU note of an image that is not meant for a GPU.
+NOT_GPU = "not a GPU image"
+
+
 @dataclass(kw_only=True)
 class ImageReport:
     """Every check of one image."""
@@ -74,7 +78,7 @@ def _gpu_results(
     if mode is GpuMode.skip:
         return [], "GPU checks skipped (--gpu skip)"
     if not checks_.wants_gpu(variant):
-        return [], "not a GPU image"
+        return [], NOT_GPU
     found = host()
     cuda = checks_.cuda_version(variant)
     pre = _preflight_check(cuda)
