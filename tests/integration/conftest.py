@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import in_ci
+from tests.integration.registry import registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import docker
+
+__all__ = ["registry"]  # the fixture (tests/integration/registry.py), for every test here
 
 
 @pytest.fixture(scope="session")
