@@ -23,7 +23,7 @@ from rich.text import Text
 
 from hepml_images import __version__
 from hepml_images.build.ca import CA_ENV, CaServer, bridge_gateway, read_bundle
-from hepml_images.build.graph import Builder, Outcome, State
+from hepml_images.build.graph import Builder, Outcome, State, up_to_date
 from hepml_images.build.graph import Options as BuildOptions
 from hepml_images.display import BuildProgress, summary_table
 from hepml_images.doctor import CHECK_NAMES, Status, evaluate, gather, required_checks
@@ -45,6 +45,8 @@ from hepml_images.pipeline import (
     resolve_specs,
     write_build_dir,
 )
+from hepml_images.publish import REGISTRY_ENV
+from hepml_images.publish import publish as publish_images
 from hepml_images.smoke import session
 from hepml_images.smoke.runner import GpuHost, GpuMode, probe_gpu_host
 from hepml_images.smoke.runner import Status as CheckStatus
@@ -404,8 +406,6 @@ def smoke_test(
         resolution = resolve_specs(names, selection)
         missing = []
         for resolved in resolution.selected:
-            from hepml_images.build.graph import up_to_date  # noqa: PLC0415
-
             image_id = up_to_date(client, resolved)
             if image_id is None:
                 missing.append(resolved.key)
@@ -425,6 +425,139 @@ def smoke_test(
         out.print_json(json.dumps({"tests": results}))
     if any(not r["passed"] for r in results):
         raise TestsFailed("smoke tests failed (see the table above)")
+
+
+RegistryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--registry",
+        envvar=REGISTRY_ENV,
+        help="Push to HOST[/NAMESPACE]/<spec> instead of the specs' publish.repositories.",
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be pushed; push nothing.")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Overwrite immutable tags that point at another image.")
+]
+
+
+class PublishFailed(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """Something was refused or failed to push."""
+
+
+def _publish_and_report(
+    client: DockerClient,
+    targets: list[tuple[ResolvedVariant, str]],
+    *,
+    registry: str | None,
+    dry_run: bool,
+    force: bool,
+) -> tuple[list[dict[str, Any]], PublishFailed | None]:
+    """Publish, print the table; return the JSON rows and the error to raise, if any."""
+    results = publish_images(
+        client,
+        targets,
+        registry=registry,
+        dry_run=dry_run,
+        force=force,
+        note=lambda message: err.print(message, markup=False),
+    )
+    table = Table(title="publish (dry run)" if dry_run else "publish")
+    for column in ("image", "repository", "tag", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    rows: list[dict[str, Any]] = []
+    for result in results:
+        key = result.variant.key
+        if result.error and not result.tags:
+            table.add_row(
+                key, result.repository, "", Text("refused", style="bold red"), result.error
+            )
+        for tag in result.tags:
+            style = "bold red" if tag.action in {"refused", "failed"} else "green"
+            table.add_row(
+                key, result.repository, tag.tag, Text(tag.action, style=style), tag.detail
+            )
+        if result.error and result.tags:
+            table.add_row(
+                key, result.repository, "", Text("failed", style="bold red"), result.error
+            )
+        rows.append(
+            {
+                "spec": result.variant.spec,
+                "variant": result.variant.slug,
+                "image_id": result.image_id,
+                "repository": result.repository,
+                "manifest": result.manifest,
+                "tags": [
+                    {"tag": t.tag, "action": t.action, "detail": t.detail} for t in result.tags
+                ],
+                "error": result.error,
+            }
+        )
+    err.print(table)
+    for result in results:
+        if result.hint:
+            err.print(f"hint: {result.hint}", markup=False)
+    problems = [r for r in rows if r["error"] or any(t["action"] == "refused" for t in r["tags"])]
+    if not problems:
+        return rows, None
+    immutable = any(t["action"] == "refused" for r in problems for t in r["tags"])
+    return rows, PublishFailed(
+        f"{len(problems)} of {len(rows)} publications refused or failed (see the table)",
+        hint="--force overwrites an immutable tag; bump the spec version instead if you can"
+        if immutable
+        else None,
+    )
+
+
+@app.command("publish")
+def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Specs whose built images to push (default: the default environment).",
+            show_default=False,
+        ),
+    ] = None,
+    variant: VariantOpt = None,
+    registry: RegistryOpt = None,
+    dry_run: DryRunOpt = False,
+    force: ForceOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Push built, smoke-tested images under their tags (content digest, versions, moving)."""
+    names, selection = _selection(specs, variant)
+    resolution = resolve_specs(names, selection)
+    client = connect()
+    targets: list[tuple[ResolvedVariant, str]] = []
+    missing = []
+    for resolved in resolution.selected:
+        image_id = up_to_date(client, resolved)
+        if image_id is None:
+            missing.append(resolved.key)
+        else:
+            targets.append((resolved, image_id))
+    if missing:
+        raise UsageError(
+            f"not built yet: {', '.join(missing)}",
+            hint="build and test them first: hepml-images build " + " ".join(names),
+        )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        rows, problem = _publish_and_report(
+            client, targets, registry=registry, dry_run=dry_run, force=force
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted: some tags may be missing",
+            hint="run the same command again: it pushes only what is missing",
+        ) from None
+    if as_json:
+        out.print_json(json.dumps({"publish": rows}))
+    if problem is not None:
+        raise problem
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -500,6 +633,12 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     ] = None,
     log_dir: Annotated[Path | None, typer.Option("--log-dir", help="Where build logs go.")] = None,
     junit: JunitOpt = None,
+    push: Annotated[
+        bool,
+        typer.Option("--push", help="Publish the built and tested images (see `publish`)."),
+    ] = False,
+    registry: RegistryOpt = None,
+    force: ForceOpt = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout.")
     ] = False,
@@ -541,51 +680,68 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
                     err.print(f"  | {line}", markup=False)
             if outcome.log_path:
                 err.print(f"  full log: {outcome.log_path}", markup=False)
-    if as_json and (interrupted or no_test):
-        out.print_json(json.dumps({"builds": [_outcome_json(o, builder.t0) for o in outcomes]}))
+    report: dict[str, Any] = {"builds": [_outcome_json(o, builder.t0) for o in outcomes]}
     if interrupted:
+        if as_json:
+            out.print_json(json.dumps(report))
         raise Interrupted(
             "interrupted: running builds were stopped and cleaned up",
             hint="run the same command again; finished images are kept and skipped",
         )
     failed = [o for o in outcomes if not o.state.ok]
-    tested: list[dict[str, Any]] = []
     if not no_test:
-        targets = []
-        for outcome in outcomes:
-            image_id = outcome.image_id or ""
-            if not outcome.state.ok:
-                continue
-            earlier = session.load_result(image_id)
-            if outcome.state is State.UP_TO_DATE and earlier and earlier.get("passed"):
-                err.print(
-                    f"{outcome.variant.key}: up to date, passed its smoke tests at"
-                    f" {earlier.get('finished', '?')} (same image ID)",
-                    markup=False,
-                )
-                continue
-            targets.append((outcome.variant, image_id))
-        try:
-            tested = _run_tests(client, targets, gpu, junit)
-        except KeyboardInterrupt:
-            raise Interrupted(
-                "interrupted while smoke-testing: the test containers were removed",
-                hint="hepml-images test runs the smoke tests again without rebuilding",
-            ) from None
-    if as_json and not no_test:
-        out.print_json(
-            json.dumps(
-                {"builds": [_outcome_json(o, builder.t0) for o in outcomes], "tests": tested}
-            )
+        report["tests"] = _test_built(client, outcomes, gpu, junit)
+    tests_failed = any(not t["passed"] for t in report.get("tests", []))
+    publish_error: PublishFailed | None = None
+    if push and not failed and not tests_failed:
+        selected = [
+            (o.variant, o.image_id or "") for o in outcomes if o.variant in resolution.selected
+        ]
+        report["publish"], publish_error = _publish_and_report(
+            client, selected, registry=registry, dry_run=False, force=force
         )
+    if as_json:
+        out.print_json(json.dumps(report))
     if failed:
         names_failed = ", ".join(f"{o.variant.key} ({o.state.value})" for o in failed)
         raise BuildFailed(
-            f"{len(failed)} of {len(outcomes)} images not built: {names_failed}",
+            f"{len(failed)} of {len(outcomes)} images not built: {names_failed}"
+            + ("; nothing was published" if push else ""),
             hint="see the log tails above; fix the spec or the cause and run again",
         )
-    if any(not t["passed"] for t in tested):
-        raise TestsFailed("smoke tests failed (see the table above)")
+    if tests_failed:
+        raise TestsFailed(
+            "smoke tests failed (see the table above)" + ("; nothing was published" if push else "")
+        )
+    if publish_error is not None:
+        raise publish_error
+
+
+def _test_built(
+    client: DockerClient, outcomes: list[Outcome], gpu: GpuMode, junit: Path | None
+) -> list[dict[str, Any]]:
+    """Smoke-test what a build produced; up-to-date images with a passing result are not rerun."""
+    targets = []
+    for outcome in outcomes:
+        image_id = outcome.image_id or ""
+        if not outcome.state.ok:
+            continue
+        earlier = session.load_result(image_id)
+        if outcome.state is State.UP_TO_DATE and earlier and earlier.get("passed"):
+            err.print(
+                f"{outcome.variant.key}: up to date, passed its smoke tests at"
+                f" {earlier.get('finished', '?')} (same image ID)",
+                markup=False,
+            )
+            continue
+        targets.append((outcome.variant, image_id))
+    try:
+        return _run_tests(client, targets, gpu, junit)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted while smoke-testing: the test containers were removed",
+            hint="hepml-images test runs the smoke tests again without rebuilding",
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
