@@ -21,10 +21,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hepml_images import __version__
+from hepml_images import __version__, provenance
+from hepml_images import inspect as image_inspect
 from hepml_images.build.ca import CA_ENV, CaServer, bridge_gateway, read_bundle
 from hepml_images.build.graph import Builder, Outcome, State, up_to_date
 from hepml_images.build.graph import Options as BuildOptions
+from hepml_images.build.images import iso_time
 from hepml_images.display import BuildProgress, summary_table
 from hepml_images.doctor import CHECK_NAMES, Status, evaluate, gather, required_checks
 from hepml_images.engine import DIGEST_LABEL, connect
@@ -56,6 +58,8 @@ from hepml_images.spec.schema import SPEC_SCHEMA
 from hepml_images.state import logs_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from docker import DockerClient
 
     from hepml_images.resolve import ResolvedVariant
@@ -560,9 +564,61 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
         raise problem
 
 
+@app.command("inspect")
+def inspect_command(
+    image: Annotated[
+        str,
+        typer.Argument(help="Image reference: local, or REGISTRY/REPO:TAG.", show_default=False),
+    ],
+    remote: Annotated[
+        bool, typer.Option("--remote", help="Read it from its registry even if it is local.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show an image's provenance: OCI labels, hepml labels, digests, smoke-test result."""
+    info = None
+    if not remote:
+        info = image_inspect.local(connect(), image)
+    if info is None:
+        info = image_inspect.remote(image)
+    data = info.to_json()
+    result = session.load_result(info.image_id) if info.image_id else None
+    data["smoke_test"] = (
+        None
+        if result is None
+        else {"passed": result.get("passed"), "finished": result.get("finished")}
+    )
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table(title=f"{image} ({info.where})", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in ("image_id", "digest", "created", "architecture"):
+        table.add_row(key, str(data[key] or ""))
+    if data["smoke_test"] is not None:
+        verdict = "passed" if data["smoke_test"]["passed"] else "FAILED"
+        table.add_row("smoke tests", f"{verdict} ({data['smoke_test']['finished']})")
+    for key, value in data["labels"].items():
+        table.add_row(key, value)
+    out.print(table)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     del signum, frame
     raise KeyboardInterrupt
+
+
+def _origins() -> Callable[[ResolvedVariant], provenance.Origin]:
+    """Where each variant's spec comes from (git revision, epoch), looked up once per file."""
+    cache: dict[str, provenance.Origin] = {}
+
+    def origin_of(variant: ResolvedVariant) -> provenance.Origin:
+        if variant.source not in cache:
+            cache[variant.source] = provenance.origin(Path(variant.source))
+        return cache[variant.source]
+
+    return origin_of
 
 
 def _epoch() -> int:
@@ -655,8 +711,17 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         ca_url = None
         if bundle is not None:
             ca_url = stack.enter_context(CaServer(bundle, bridge_gateway(client))).url
+        origin_of = _origins()
         options = BuildOptions(
-            jobs=jobs, no_cache=no_cache, epoch=epoch, log_dir=logs, ca_url=ca_url
+            jobs=jobs,
+            no_cache=no_cache,
+            epoch=epoch,
+            log_dir=logs,
+            ca_url=ca_url,
+            labels=lambda v, parent_id: provenance.build_labels(
+                v, origin_of(v), parent_id=parent_id, created=iso_time(origin_of(v).epoch)
+            ),
+            epoch_of=lambda v: origin_of(v).epoch,
         )
         builder = Builder(connect, resolution.selected, options)
         progress = BuildProgress(err, list(builder.outcomes.values()))

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from hepml_images import provenance
 from hepml_images.render import Rendered, render
 from hepml_images.resolve import ResolvedVariant, resolve, select
 from hepml_images.spec import load as spec_load
@@ -23,9 +24,8 @@ Format = Literal["docker", "singularity", "all"]
 #: The default environment: what `hepml-images build` builds without arguments (registry-free).
 DEFAULT_SPECS = ("debian-tensorflow",)
 DEFAULT_SELECTION = ("accelerator=cpu",)
-#: SOURCE_DATE_EPOCH when the environment sets none (2024-01-01T00:00:00Z): a fixed time, so
-#: that bootstrapped bases are reproducible without any set-up.
-DEFAULT_EPOCH = 1704067200
+#: SOURCE_DATE_EPOCH when neither the environment nor git gives one (see ``provenance``).
+DEFAULT_EPOCH = provenance.DEFAULT_EPOCH
 FILENAMES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
 
 

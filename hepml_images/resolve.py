@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from hepml_images import compat
+from hepml_images import compat, provenance
 from hepml_images.components import Inherited, Planned, TensorflowInstall, plan
 from hepml_images.errors import IncompatibleVersions, Problem, SpecError, UsageError
 from hepml_images.render import ir
@@ -477,6 +477,13 @@ def _base(content: Content, parent: ResolvedVariant | None) -> ir.Base:
     return ir.FromImage(ref=ref)
 
 
+def _base_name(base: ir.Base) -> str | None:
+    """What the image is built FROM, as a reference (none for a bootstrapped root filesystem)."""
+    if isinstance(base, ir.FromBootstrap):
+        return None
+    return base.ref
+
+
 def _expand_tags(
     templates: Iterable[str],
     context: Mapping[str, str],
@@ -599,6 +606,9 @@ def _resolve_one(
         content, parent=inherited, base=image_base, tensorflow=tf, versions=tuple(versions.items())
     )
     labels = (
+        *provenance.content_labels(
+            content.name, content.description, content.version, _base_name(image_base)
+        ),
         *content.labels,
         ("io.hepml.spec", content.name),
         ("io.hepml.variant", slug),

@@ -85,6 +85,10 @@ class Options:
     epoch: int
     log_dir: Path
     ca_url: str | None = None
+    #: build labels of a variant given its parent's image ID (``provenance.build_labels``)
+    labels: Callable[[ResolvedVariant, str | None], dict[str, str]] | None = None
+    #: SOURCE_DATE_EPOCH of a variant (default: ``epoch``)
+    epoch_of: Callable[[ResolvedVariant], int] | None = None
 
 
 def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
@@ -216,9 +220,18 @@ class Builder:
                 self._activities.pop(variant.key, None)
 
     def _extra(self, variant: ResolvedVariant) -> dict[str, Any]:
-        extra: dict[str, Any] = {"no_cache": self.options.no_cache, "ca_url": self.options.ca_url}
+        options = self.options
+        parent_id = None
+        if variant.parent is not None:
+            parent_id = self.outcomes[variant.parent.key].image_id
+        labels = options.labels(variant, parent_id) if options.labels else {}
+        extra: dict[str, Any] = {
+            "no_cache": options.no_cache,
+            "ca_url": options.ca_url,
+            "labels": labels,
+        }
         if isinstance(variant.plan.base, ir.FromBootstrap):
-            extra["epoch"] = self.options.epoch
+            extra["epoch"] = options.epoch_of(variant) if options.epoch_of else options.epoch
         return extra
 
     def _finish(self, outcome: Outcome, state: State, reason: str, hint: str | None = None) -> None:

@@ -28,7 +28,7 @@ from hepml_images.render import ir, render
 from hepml_images.render.writers import CA_ARG
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from docker import DockerClient
 
@@ -92,7 +92,13 @@ def _architecture() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le"}.get(machine, machine)
 
 
-def image_config(plan: ir.ImagePlan, diff_id: str, epoch: int, created_by: str) -> bytes:
+def image_config(
+    plan: ir.ImagePlan,
+    diff_id: str,
+    epoch: int,
+    created_by: str,
+    labels: Mapping[str, str] | None = None,
+) -> bytes:
     """The image configuration of a bootstrapped root filesystem, canonical JSON.
 
     The image ID is the SHA-256 of these bytes: with the same root filesystem and epoch it is
@@ -102,7 +108,7 @@ def image_config(plan: ir.ImagePlan, diff_id: str, epoch: int, created_by: str) 
     for step in plan.steps:
         if isinstance(step, ir.SetEnv):  # pragma: no cover - bootstrap plans have no steps
             env.extend(f"{k}={v}" for k, v in step.items)
-    config: dict[str, Any] = {"Env": env, "Labels": dict(plan.labels)}
+    config: dict[str, Any] = {"Env": env, "Labels": {**dict(plan.labels), **(labels or {})}}
     if plan.cmd is not None:
         config["Cmd"] = list(plan.cmd)
     if plan.entrypoint is not None:
@@ -164,6 +170,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
     epoch: int,
     no_cache: bool,
     ca_url: str | None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     """Bootstrap the root filesystem with mmdebstrap and load it as a reproducible image."""
     plan = variant.plan
@@ -204,7 +211,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
             raise BuildError(f"mmdebstrap exited with status {code}")
         progress("loading root filesystem")
         diff_id = "sha256:" + _sha256_file(rootfs)
-        config = image_config(plan, diff_id, epoch, " ".join(base.argv))
+        config = image_config(plan, diff_id, epoch, " ".join(base.argv), labels)
         final_plan = plan
         loaded_ref = variant.content_ref
         if plan.steps:  # pragma: no cover - the shipped bases have no steps of their own
@@ -230,6 +237,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
         activity=activity,
         no_cache=no_cache,
         ca_url=ca_url,
+        labels=labels,
     )
 
 
@@ -275,6 +283,7 @@ def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
     activity: Activity,
     no_cache: bool,
     ca_url: str | None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     """Build the rendered Dockerfile; on failure remove the images this build created."""
     plan = plan or variant.plan
@@ -294,6 +303,7 @@ def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
         pull=False,
         decode=True,
         buildargs={CA_ARG: ca_url} if ca_url else None,
+        labels=dict(labels) if labels else None,
     )
     try:
         for line, chunk in _stream_lines(stream):

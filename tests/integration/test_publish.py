@@ -94,6 +94,21 @@ def publish(state: Path, registry: Registry, *args: str, password: str | None = 
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+def inspect(state: Path, registry: Registry, *args: str) -> Run:
+    env = cli_env(state)
+    env["HEPML_REGISTRY_USER"] = registry.username
+    env["HEPML_REGISTRY_PASSWORD"] = registry.password
+    done = subprocess.run(
+        [sys.executable, "-m", "hepml_images", "inspect", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
 def test_untested_and_failed_images_are_refused(
     tmp_path: Path, state: Path, registry: Registry
 ) -> None:
@@ -141,6 +156,32 @@ def test_publish_pushes_every_tag_and_pulls_back_identical(
         f"{registry.host}/{repo}@{row['manifest']}", auth_config=registry.auth_config()
     )
     assert pulled.id == image_id
+    # provenance, read back from the registry without pulling
+    env_run = inspect(state, registry, f"{registry.host}/{repo}:1.0.0", "--remote", "--json")
+    assert env_run.code == 0, env_run.stderr[-3000:]
+    remote = env_run.json()
+    assert remote["where"] == f"registry {registry.host}"
+    assert remote["image_id"] == image_id
+    assert remote["digest"] == row["manifest"]
+    labels = remote["labels"]
+    assert labels["io.hepml.digest"] == built.json()["builds"][-1]["digest"]
+    assert labels["org.opencontainers.image.title"] == "t-pub"
+    assert labels["org.opencontainers.image.version"] == "1.0.0"
+    assert labels["org.opencontainers.image.base.name"].startswith("hepml/debian-base:")
+    assert labels["org.opencontainers.image.base.digest"] == built.json()["builds"][0]["image_id"]
+    assert labels["org.opencontainers.image.created"].endswith("Z")
+    assert labels["io.hepml.tool.version"]
+    git_head = subprocess.run(
+        ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if git_head.returncode == 0:  # the spec lives in a git checkout
+        assert labels["org.opencontainers.image.revision"].startswith(git_head.stdout.strip())
+    local = inspect(state, registry, f"hepml/t-pub:{digest_tag}", "--json").json()
+    assert local["labels"] == labels
+    assert local["smoke_test"]["passed"] is True
     # a second publish finds everything there and pushes nothing new
     again = publish(state, registry, str(path), "--json")
     assert again.code == 0, again.stderr[-3000:]
