@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hepml_images import compat, provenance
 from hepml_images.components import Inherited, Planned, TensorflowInstall, plan
+from hepml_images.components import manifest as components_manifest
 from hepml_images.errors import IncompatibleVersions, Problem, SpecError, UsageError
 from hepml_images.render import ir
 from hepml_images.spec import content as content_builder
@@ -48,6 +49,8 @@ LOCAL_PREFIX = "hepml"
 _EXPR = re.compile(EXPRESSION)
 _EXPR_PARTS = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z0-9_-]+)\s*\}\}")
 _NOT_SUBSTITUTED = ("name", "extends", "matrix", "tags", "publish")
+#: Resolved-spec fields that do not change the image, left out of /.hepml/spec.json.
+_NOT_IN_IMAGE = frozenset({"smoke", "gpu", "publish", "tags", "singularity"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -624,6 +627,19 @@ def _resolve_one(
         else (None if own_entrypoint is not None else inherited.cmd),
         workdir=planned.inherited.workdir,
     )
+    steps, plan_context = planned.steps, planned.context
+    if not isinstance(image_base, ir.FromBootstrap):  # a bootstrapped base stays one pure layer
+        # what makes the image: smoke tests, tags and publishing settings stay out, so that
+        # changing them does not change the image (nor its digest)
+        described = {k: v for k, v in canonical(content).items() if k not in _NOT_IN_IMAGE}
+        spec_json = json.dumps(described, indent=2, sort_keys=True).encode() + b"\n"
+        extra_steps, extra_context = components_manifest(
+            spec_json, inherited.family, planned.inherited.python, planned.inherited.wrapper
+        )
+        # before a final USER switch: the manifest is written as root
+        cut = len(steps) - 1 if steps and isinstance(steps[-1], ir.User) else len(steps)
+        steps = (*steps[:cut], *extra_steps, *steps[cut:])
+        plan_context = (*plan_context, *extra_context)
     image_plan = ir.ImagePlan(
         name=content.name,
         slug=slug,
@@ -632,13 +648,13 @@ def _resolve_one(
         family=inherited.family,
         inherited_env=inherited.env,
         inherited_workdir=inherited.workdir,
-        steps=planned.steps,
+        steps=steps,
         entrypoint=own_entrypoint,
         cmd=own_cmd,
         runtime=runtime,
         labels=tuple(sorted(dict(labels).items())),
         tests=planned.inherited.tests,
-        context=tuple(sorted(planned.context, key=lambda f: f.name)),
+        context=tuple(sorted(plan_context, key=lambda f: f.name)),
     )
     digest = digest_of(image_plan, parent.digest if parent else None)
     image_plan = replace(

@@ -21,6 +21,7 @@ from hepml_images.build.images import (
     Cancelled,
     build_bootstrapped,
     build_dockerfile,
+    export_manifest,
 )
 from hepml_images.engine import DIGEST_LABEL
 from hepml_images.render import ir
@@ -205,6 +206,9 @@ class Builder:
                 )
             _tag(client, image_id, variant)
             _remove_replaced(client, old_id, image_id)
+            export_manifest(
+                client, image_id, self.options.log_dir / f"{variant.spec}-{variant.slug}"
+            )
         except Cancelled:
             self._finish(outcome, State.CANCELLED, "interrupted")
         except BuildError as exc:

@@ -362,3 +362,34 @@ def _remove_image(client: DockerClient, image: str) -> str:
     except Exception as exc:  # noqa: BLE001 - in use by another build: it is not dangling
         return f"kept intermediate image {image}: {exc}"
     return f"removed intermediate image {image}"
+
+
+#: The files of the image's /.hepml/ that are copied next to the build log.
+MANIFEST_FILES = ("spec.json", "os-packages.txt", "pip-freeze.txt")
+
+
+def export_manifest(client: DockerClient, image_id: str, target: Path) -> list[Path]:
+    """Copy the image's resolved spec and package lists into ``target`` (without running it)."""
+    from docker.errors import NotFound  # noqa: PLC0415
+
+    container = client.api.create_container(image_id, command=["true"], network_disabled=True)
+    written: list[Path] = []
+    try:
+        try:
+            chunks, _ = client.api.get_archive(container["Id"], "/.hepml")
+        except NotFound:
+            return written
+        archive = io.BytesIO(b"".join(chunks))
+        with tarfile.open(fileobj=archive) as tar:
+            for member in tar.getmembers():
+                name = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and name in MANIFEST_FILES and member.name.count("/") == 1:
+                    data = tar.extractfile(member)
+                    if data is None:  # pragma: no cover - regular files always have data
+                        continue
+                    target.mkdir(parents=True, exist_ok=True)
+                    (target / name).write_bytes(data.read())
+                    written.append(target / name)
+    finally:
+        client.api.remove_container(container["Id"], force=True)
+    return written

@@ -294,3 +294,39 @@ def plan(
         tests=tuple(dict.fromkeys(tests)),
     )
     return Planned(steps=tuple(out.steps), context=tuple(out.context), inherited=inherited)
+
+
+#: Where every image keeps what it was made from: the resolved spec and its package lists.
+MANIFEST_DIR = "/.hepml"
+
+
+def manifest(
+    spec_json: bytes,
+    family: Family,
+    python: PythonEnv | None,
+    wrapper: tuple[str, ...],
+) -> tuple[tuple[ir.Step, ...], tuple[ir.ContextFile, ...]]:
+    """Steps that write the resolved spec, the OS package list and ``pip freeze`` into the image.
+
+    Children rewrite the same files, so an image's files describe that image.
+    """
+    context = ir.ContextFile(name="hepml/spec.json", content=spec_json)
+    commands = [f"mkdir -p {MANIFEST_DIR}"]
+    packages_file = f"{MANIFEST_DIR}/os-packages.txt"
+    if family in {"debian", "ubuntu"}:
+        # one "name<TAB>version" line per package, sorted by name
+        commands.append(f"dpkg-query -W > {packages_file}")
+    else:
+        commands += [
+            "rpm -qa > /tmp/hepml-rpms",
+            f"sort /tmp/hepml-rpms > {packages_file}",
+            "rm -f /tmp/hepml-rpms",
+        ]
+    if python is not None:
+        freeze = f"{shlex.quote(python.python)} -m pip freeze --all"
+        commands.append(f"{freeze} > {MANIFEST_DIR}/pip-freeze.txt")
+    steps: tuple[ir.Step, ...] = (
+        ir.Copy(src=context.name, dest=f"{MANIFEST_DIR}/spec.json"),
+        ir.Run(title="provenance: package lists", commands=tuple(commands), wrapper=wrapper),
+    )
+    return steps, (context,)

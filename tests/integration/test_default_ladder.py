@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,8 +16,6 @@ import pytest
 from tests.integration.helpers import HOST_CA, by_key, cli, leftovers
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import docker
 
 pytestmark = pytest.mark.integration
@@ -145,3 +144,26 @@ def test_ca_bundle_leaves_no_trace(
     assert not [n for n in names if "hepml-ca" in n or "hepml-build-deps" in n]
     # and no compiler stayed behind from the h5py build
     assert not [n for n in names if n.endswith("bin/x86_64-linux-gnu-gcc-12")]
+
+
+def test_images_carry_their_resolved_spec_and_package_lists(
+    first_build: dict[str, object], docker_client: docker.DockerClient
+) -> None:
+    builds = by_key(first_build["builds"])  # type: ignore[arg-type]
+    tf = builds["debian-tensorflow:cpu"]
+    output = docker_client.containers.run(
+        str(tf["image_id"]),
+        ["sh", "-c", "cat /.hepml/pip-freeze.txt /.hepml/os-packages.txt /.hepml/spec.json"],
+        remove=True,
+        network_disabled=True,
+    ).decode()
+    assert "tensorflow-cpu==2.21.0" in output
+    assert "h5py==3.14.0" in output
+    assert "hdf5-tools\t1.10" in output
+    assert '"name": "debian-tensorflow"' in output
+    # and next to the build log
+    log = tf["log"]
+    if log is not None:  # built in this run (not up to date)
+        beside = Path(str(log)).with_suffix("")
+        assert "tensorflow-cpu==2.21.0" in (beside / "pip-freeze.txt").read_text(encoding="utf-8")
+        assert (beside / "spec.json").exists()

@@ -72,6 +72,7 @@ def run(  # noqa: PLR0913 - keyword-only scenario knobs
         graph, "_existing", lambda _c, v: ("sha256:present", []) if v.key in present else None
     )
     monkeypatch.setattr(graph, "_tag", lambda *_a: None)
+    monkeypatch.setattr(graph, "export_manifest", lambda *_a: [])
     options = Options(jobs=jobs, epoch=0, log_dir=tmp)
     outcomes = Builder(object, selected, options).run()  # type: ignore[arg-type]
     return outcomes, recorder
