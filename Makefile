@@ -48,6 +48,13 @@ unit: setup
 golden: $(STAMP)
 	$(BIN)/python -m pytest tests/test_golden.py --update-golden -q
 
+## refresh ci/gitlab-ci.yml and ci/github-workflow.yml after a spec change (a unit test fails
+## while they are stale)
+.PHONY: ci-files
+ci-files: $(STAMP)
+	$(BIN)/hepml-images ci generate --provider gitlab -o ci/gitlab-ci.yml
+	$(BIN)/hepml-images ci generate --provider github -o ci/github-workflow.yml
+
 bench: setup
 	$(BIN)/python -m bench.render_all
 	$(BIN)/python -m bench.noop_rebuild

@@ -492,6 +492,7 @@ def _publish_and_report(
                 "spec": result.variant.spec,
                 "variant": result.variant.slug,
                 "image_id": result.image_id,
+                "published_id": result.published_id,
                 "repository": result.repository,
                 "manifest": result.manifest,
                 "tags": [
@@ -602,6 +603,72 @@ def inspect_command(
     for key, value in data["labels"].items():
         table.add_row(key, value)
     out.print(table)
+
+
+# --- hepml-images ci generate ---------------------------------------------------------------
+ci_app = typer.Typer(
+    help="CI pipelines that build, test and publish the images.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(ci_app, name="ci")
+
+
+class CiProvider(str, Enum):
+    """Which CI system `ci generate` writes for."""
+
+    gitlab = "gitlab"
+    github = "github"
+
+
+def _ci_spec_ref(source: str) -> str | None:
+    """What a CI job passes to `build` for a spec file: None for a shipped spec (its name)."""
+    path = Path(source).resolve()
+    if path.parent == shipped_dir().resolve():
+        return None
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+@ci_app.command("generate")
+def ci_generate(
+    provider: Annotated[
+        CiProvider, typer.Option("--provider", "-p", help="gitlab (.gitlab-ci.yml) or github.")
+    ],
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Specs to build (with their parents); default: every shipped spec.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the pipeline to this file (default: stdout)."),
+    ] = None,
+) -> None:
+    """Write a CI pipeline: a job per variant, parents first; publish on default branch, tags."""
+    from hepml_images import ci  # noqa: PLC0415 - only this command needs it
+
+    resolution = resolve_specs(specs) if specs else resolve_directory(shipped_dir())
+    refs = {v.spec: ref for v in resolution.variants if (ref := _ci_spec_ref(v.source)) is not None}
+    text = ci.generate(
+        resolution.variants, provider.value, spec_refs=refs, arguments=list(specs or [])
+    )
+    if output is None:
+        sys.stdout.write(text)
+        return
+    if output.is_dir():
+        raise UsageError(f"{output} is a directory", hint="give -o a file name")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    err.print(
+        f"wrote {output}: {provider.value} pipeline for {len(ci.in_order(resolution.variants))}"
+        " variants",
+        markup=False,
+    )
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
