@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,61 @@ def content_tag(variant: ResolvedVariant) -> str:
     return variant.content_ref.rsplit(":", 1)[1]
 
 
+#: Labels the published image adds to the tested one: its smoke-test result.
+SMOKE_LABELS = (
+    "io.hepml.smoke.result",
+    "io.hepml.smoke.image",
+    "io.hepml.smoke.checks",
+    "io.hepml.smoke.finished",
+)
+
+
+def stamp(client: DockerClient, variant: ResolvedVariant, image_id: str) -> str:
+    """The image that is published: the tested one plus labels with its smoke-test result.
+
+    Only the configuration differs (no layer is added). It is made once per tested image and
+    kept as ``<content ref>-tested``, so publishing again pushes the same manifest.
+    """
+    from docker.errors import ImageNotFound  # noqa: PLC0415
+
+    ref = f"{variant.content_ref}-tested"
+    try:
+        attrs = client.api.inspect_image(ref)
+        if (attrs.get("Config") or {}).get("Labels", {}).get("io.hepml.smoke.image") == image_id:
+            return str(attrs["Id"])
+    except ImageNotFound:
+        pass
+    result = session.load_result(image_id) or {}
+    checks = result.get("checks", [])
+    counts = {s: sum(1 for c in checks if c.get("status") == s) for s in ("passed", "skipped")}
+    labels = {
+        "io.hepml.smoke.result": "passed" if result.get("passed") else "failed",
+        "io.hepml.smoke.image": image_id,
+        "io.hepml.smoke.checks": f"{counts['passed']} passed, {counts['skipped']} skipped",
+        "io.hepml.smoke.finished": str(result.get("finished", "")),
+    }
+    dockerfile = f"FROM {image_id}\n".encode()
+    built = None
+    for chunk in client.api.build(
+        fileobj=io.BytesIO(dockerfile),
+        tag=ref,
+        labels=labels,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+    ):
+        error = _stream_error(chunk)
+        if error is not None:
+            raise PublishError(f"labelling {variant.content_ref} failed: {error}", kind="other")
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and aux.get("ID"):
+            built = str(aux["ID"])
+    if built is None:
+        raise PublishError(f"labelling {variant.content_ref} gave no image", kind="other")
+    return built
+
+
 def gate(image_id: str) -> str | None:
     """Why an image may not be published (None when it may)."""
     result = session.load_result(image_id)
@@ -131,6 +187,8 @@ class Published:
     image_id: str
     repository: str
     manifest: str | None = None
+    #: the pushed image: the tested one plus its smoke-test labels
+    published_id: str | None = None
     tags: list[TagOutcome] = field(default_factory=list)
     error: str | None = None
     hint: str | None = None
@@ -243,6 +301,9 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
     done = Published(variant=variant, image_id=image_id, repository=repository)
     first, others, immutable = _tags(variant)
     try:
+        if not dry_run:
+            image_id = stamp(client, variant, image_id)
+            done.published_id = image_id
         current: dict[str, str | None] = {}
         for tag in (first, *others):
             current[tag] = _retrying(

@@ -147,23 +147,31 @@ def test_publish_pushes_every_tag_and_pulls_back_identical(
     }
     repo = "hepml-test/t-pub"
     assert sorted(registry.tags(repo)) == sorted([digest_tag, "1.0.0", "latest"])
+    published_id = row["published_id"]
     for tag in (digest_tag, "1.0.0", "latest"):
         digest, manifest = registry.manifest(repo, tag)
         assert digest == row["manifest"]
-        assert manifest["config"]["digest"] == image_id
+        assert manifest["config"]["digest"] == published_id
+    # the published image is the tested one plus its smoke-test labels: the same layers
+    tested = docker_client.images.get(image_id)
+    published = docker_client.images.get(published_id)
+    assert published.attrs["RootFS"]["Layers"] == tested.attrs["RootFS"]["Layers"]
     # pull back by digest into a clean name: the same image
     pulled = docker_client.images.pull(
         f"{registry.host}/{repo}@{row['manifest']}", auth_config=registry.auth_config()
     )
-    assert pulled.id == image_id
+    assert pulled.id == published_id
     # provenance, read back from the registry without pulling
     env_run = inspect(state, registry, f"{registry.host}/{repo}:1.0.0", "--remote", "--json")
     assert env_run.code == 0, env_run.stderr[-3000:]
     remote = env_run.json()
     assert remote["where"] == f"registry {registry.host}"
-    assert remote["image_id"] == image_id
+    assert remote["image_id"] == published_id
     assert remote["digest"] == row["manifest"]
     labels = remote["labels"]
+    assert labels["io.hepml.smoke.result"] == "passed"
+    assert labels["io.hepml.smoke.image"] == image_id
+    assert labels["io.hepml.smoke.checks"].startswith("2 passed")
     assert labels["io.hepml.digest"] == built.json()["builds"][-1]["digest"]
     assert labels["org.opencontainers.image.title"] == "t-pub"
     assert labels["org.opencontainers.image.version"] == "1.0.0"
@@ -180,7 +188,8 @@ def test_publish_pushes_every_tag_and_pulls_back_identical(
     if git_head.returncode == 0:  # the spec lives in a git checkout
         assert labels["org.opencontainers.image.revision"].startswith(git_head.stdout.strip())
     local = inspect(state, registry, f"hepml/t-pub:{digest_tag}", "--json").json()
-    assert local["labels"] == labels
+    smoke = {k: v for k, v in labels.items() if k.startswith("io.hepml.smoke.")}
+    assert local["labels"] == {k: v for k, v in labels.items() if k not in smoke}
     assert local["smoke_test"]["passed"] is True
     # a second publish finds everything there and pushes nothing new
     again = publish(state, registry, str(path), "--json")
