@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench.common import HOST_CA, env, hepml, timed
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
@@ -25,9 +24,7 @@ from hepml_images.build.images import bootstrap_argv
 from hepml_images.engine import connect
 from hepml_images.pipeline import DEFAULT_EPOCH, resolve_specs, write_build_dir
 from hepml_images.render import ir, render
-
-if TYPE_CHECKING:
-    from hepml_images.resolve import ResolvedVariant
+from hepml_images.resolve import lineage
 
 RUNS = 3
 
@@ -39,7 +36,7 @@ def main() -> None:
     args = ["build", "debian-tensorflow", "--no-test"]
     args += [f"--variant={s}" for s in selection]
     timed(hepml(*args))  # make sure everything is built
-    variants = list(dict.fromkeys(v for s in resolution.selected for v in _chain(s)))
+    variants = list(dict.fromkeys(v for s in resolution.selected for v in lineage(s)))
     client = connect()
     bundle = read_bundle(HOST_CA) if HOST_CA.exists() else None
     with tempfile.TemporaryDirectory(prefix="hepml-bench-") as tmp:
@@ -91,15 +88,6 @@ def main() -> None:
 
 def _docker_tag(spec: str, slug: str) -> str:
     return f"bench-docker/{spec}:{slug}"
-
-
-def _chain(variant: ResolvedVariant) -> list[ResolvedVariant]:
-    chain = []
-    current: ResolvedVariant | None = variant
-    while current is not None:
-        chain.append(current)
-        current = current.parent
-    return chain[::-1]
 
 
 def _fmt(values: list[float]) -> str:

@@ -380,6 +380,28 @@ def _image_variant(client: DockerClient, ref: str) -> tuple[ResolvedVariant, str
     )
 
 
+def _built(
+    client: DockerClient, specs: list[str] | None, variant: list[str] | None
+) -> list[tuple[ResolvedVariant, str]]:
+    """The selected variants and their image IDs; a clear error for any not built yet."""
+    names, selection = _selection(specs, variant)
+    resolution = resolve_specs(names, selection)
+    found: list[tuple[ResolvedVariant, str]] = []
+    missing = []
+    for resolved in resolution.selected:
+        image_id = up_to_date(client, resolved)
+        if image_id is None:
+            missing.append(resolved.key)
+        else:
+            found.append((resolved, image_id))
+    if missing:
+        raise UsageError(
+            f"not built yet: {', '.join(missing)}",
+            hint="build (and test) them first: hepml-images build " + " ".join(names),
+        )
+    return found
+
+
 def _looks_like_image(argument: str) -> bool:
     return ":" in argument or argument.startswith("sha256")
 
@@ -406,20 +428,7 @@ def smoke_test(
     specs = [t for t in targets or [] if t not in images]
     pairs.extend(_image_variant(client, ref) for ref in images)
     if specs or not images:
-        names, selection = _selection(specs, variant)
-        resolution = resolve_specs(names, selection)
-        missing = []
-        for resolved in resolution.selected:
-            image_id = up_to_date(client, resolved)
-            if image_id is None:
-                missing.append(resolved.key)
-            else:
-                pairs.append((resolved, image_id))
-        if missing:
-            raise UsageError(
-                f"not built yet: {', '.join(missing)}",
-                hint="build them first: hepml-images build " + " ".join(names),
-            )
+        pairs.extend(_built(client, specs, variant))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         results = _run_tests(client, pairs, gpu, junit)
@@ -533,22 +542,8 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Push built, smoke-tested images under their tags (content digest, versions, moving)."""
-    names, selection = _selection(specs, variant)
-    resolution = resolve_specs(names, selection)
     client = connect()
-    targets: list[tuple[ResolvedVariant, str]] = []
-    missing = []
-    for resolved in resolution.selected:
-        image_id = up_to_date(client, resolved)
-        if image_id is None:
-            missing.append(resolved.key)
-        else:
-            targets.append((resolved, image_id))
-    if missing:
-        raise UsageError(
-            f"not built yet: {', '.join(missing)}",
-            hint="build and test them first: hepml-images build " + " ".join(names),
-        )
+    targets = _built(client, specs, variant)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rows, problem = _publish_and_report(

@@ -94,6 +94,16 @@ class ResolvedVariant:
         return dict(self.versions)
 
 
+def lineage(variant: ResolvedVariant) -> list[ResolvedVariant]:
+    """The variant and its ancestors, base first."""
+    chain: list[ResolvedVariant] = []
+    current: ResolvedVariant | None = variant
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    return chain[::-1]
+
+
 def content_ref(spec: str, digest: str) -> str:
     """Local image reference of a spec's variant with a given digest."""
     return f"{LOCAL_PREFIX}/{spec}:{digest.removeprefix('sha256:')[:16]}"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from hepml_images.resolve import lineage
 from hepml_images.smoke.payloads import source
 
 if TYPE_CHECKING:
@@ -36,20 +37,10 @@ def _py(code: str, *args: str) -> tuple[str, ...]:
     return ("python", "-c", code, *args)
 
 
-def _chain(variant: ResolvedVariant) -> list[ResolvedVariant]:
-    """The variant and its ancestors, base first."""
-    chain = []
-    current: ResolvedVariant | None = variant
-    while current is not None:
-        chain.append(current)
-        current = current.parent
-    return chain[::-1]
-
-
 def _pip_names(variant: ResolvedVariant) -> set[str]:
     """Projects any pip component of the chain asked for (inline requirements and lock files)."""
     names: set[str] = set()
-    for member in _chain(variant):
+    for member in lineage(variant):
         pip = member.content.components.pip
         if pip is None:
             continue
@@ -163,7 +154,7 @@ def _cuda_libs(cuda: str, cudnn: str | None) -> Check:
 def component_checks(variant: ResolvedVariant) -> list[Check]:
     """The automatic checks for everything the variant's chain installed."""
     versions = variant.version_map
-    comps = [m.content.components for m in _chain(variant)]
+    comps = [m.content.components for m in lineage(variant)]
     pip_names = _pip_names(variant)
     checks: list[Check] = []
     python = any(c.python is not None for c in comps)
@@ -202,7 +193,7 @@ def smoke_checks(variant: ResolvedVariant) -> list[Check]:
 
 def gpu_checks(variant: ResolvedVariant) -> list[Check]:
     """Checks that need the NVIDIA runtime: the GPU is visible and computes."""
-    comps = [m.content.components for m in _chain(variant)]
+    comps = [m.content.components for m in lineage(variant)]
     framework = "tensorflow" if any(c.tensorflow is not None for c in comps) else "auto"
     return [
         Check(

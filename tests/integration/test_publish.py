@@ -71,20 +71,13 @@ def spec(tmp_path: Path, *, version: str = "1.0.0", content: str = "a", text: st
     return path
 
 
-def publish(state: Path, registry: Registry, *args: str, password: str | None = None) -> Run:
+def hepml(state: Path, registry: Registry, *args: str, password: str | None = None) -> Run:
+    """Our CLI with the registry's credentials in the environment."""
     env = cli_env(state)
     env["HEPML_REGISTRY_USER"] = registry.username
     env["HEPML_REGISTRY_PASSWORD"] = registry.password if password is None else password
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hepml_images",
-            "publish",
-            "--registry",
-            f"{registry.host}/hepml-test",
-            *args,
-        ],
+        [sys.executable, "-m", "hepml_images", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -94,19 +87,13 @@ def publish(state: Path, registry: Registry, *args: str, password: str | None = 
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+def publish(state: Path, registry: Registry, *args: str, password: str | None = None) -> Run:
+    target = f"{registry.host}/hepml-test"
+    return hepml(state, registry, "publish", "--registry", target, *args, password=password)
+
+
 def inspect(state: Path, registry: Registry, *args: str) -> Run:
-    env = cli_env(state)
-    env["HEPML_REGISTRY_USER"] = registry.username
-    env["HEPML_REGISTRY_PASSWORD"] = registry.password
-    done = subprocess.run(
-        [sys.executable, "-m", "hepml_images", "inspect", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
+    return hepml(state, registry, "inspect", *args)
 
 
 def test_untested_and_failed_images_are_refused(
