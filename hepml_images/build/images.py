@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from hepml_images.resolve import ResolvedVariant
 
-#: What a bootstrapped image runs when no CMD is set.
+#: The PATH of a bootstrapped image (Docker's default for Linux images).
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
@@ -104,11 +104,11 @@ def image_config(
     The image ID is the SHA-256 of these bytes: with the same root filesystem and epoch it is
     the same on every run and machine.
     """
-    env = [DEFAULT_PATH]
-    for step in plan.steps:
-        if isinstance(step, ir.SetEnv):  # pragma: no cover - bootstrap plans have no steps
-            env.extend(f"{k}={v}" for k, v in step.items)
-    config: dict[str, Any] = {"Env": env, "Labels": {**dict(plan.labels), **(labels or {})}}
+    # a plan's own ENV steps, if any, are built on top of this image (build_bootstrapped)
+    config: dict[str, Any] = {
+        "Env": [DEFAULT_PATH],
+        "Labels": {**dict(plan.labels), **(labels or {})},
+    }
     if plan.cmd is not None:
         config["Cmd"] = list(plan.cmd)
     if plan.entrypoint is not None:
