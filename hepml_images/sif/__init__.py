@@ -1,0 +1,1 @@
+"""Reading and writing Singularity Image Format (SIF) containers without Go tooling."""
