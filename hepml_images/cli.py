@@ -12,16 +12,18 @@ import signal
 import sys
 import time
 import traceback
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from hepml_images import __version__, provenance
+from hepml_images import __version__, grid, oras, provenance
 from hepml_images import inspect as image_inspect
 from hepml_images.build.ca import CA_ENV, CaServer, bridge_gateway, read_bundle
 from hepml_images.build.graph import Builder, Outcome, State, up_to_date
@@ -29,7 +31,7 @@ from hepml_images.build.graph import Options as BuildOptions
 from hepml_images.build.images import iso_time
 from hepml_images.display import BuildProgress, summary_table
 from hepml_images.doctor import CHECK_NAMES, Status, evaluate, gather, required_checks
-from hepml_images.engine import DIGEST_LABEL, connect
+from hepml_images.engine import connect
 from hepml_images.errors import (
     BuildFailed,
     HepmlError,
@@ -45,10 +47,14 @@ from hepml_images.pipeline import (
     render_variants,
     resolve_directory,
     resolve_specs,
+    variant_from_labels,
     write_build_dir,
 )
 from hepml_images.publish import REGISTRY_ENV
 from hepml_images.publish import publish as publish_images
+from hepml_images.sif import check as sif_check
+from hepml_images.sif import make as make_sif
+from hepml_images.sif.make import Made, find_apptainer
 from hepml_images.smoke import session
 from hepml_images.smoke.runner import GpuHost, GpuMode, probe_gpu_host
 from hepml_images.smoke.runner import Status as CheckStatus
@@ -61,6 +67,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from docker import DockerClient
+    from typing_extensions import Self
 
     from hepml_images.resolve import ResolvedVariant
 
@@ -304,6 +311,18 @@ _CHECK_STYLE = {
 }
 
 
+def _gpu_host(client: DockerClient | None) -> Callable[[], GpuHost]:
+    """Probe the GPU host once, when the first GPU check asks."""
+    host_cache: list[GpuHost] = []
+
+    def host() -> GpuHost:
+        if not host_cache:
+            host_cache.append(probe_gpu_host(client))  # type: ignore[arg-type]
+        return host_cache[0]
+
+    return host
+
+
 def _run_tests(
     client: DockerClient,
     targets: list[tuple[ResolvedVariant, str]],
@@ -311,45 +330,46 @@ def _run_tests(
     junit: Path | None,
 ) -> list[dict[str, Any]]:
     """Smoke-test (variant, image ID) pairs; print the table; store and return the results."""
-    host_cache: list[GpuHost] = []
-
-    def host() -> GpuHost:
-        if not host_cache:
-            host_cache.append(probe_gpu_host(client))
-        return host_cache[0]
-
+    host = _gpu_host(client)
     reports = []
     for variant, image_id in targets:
         err.print(f"testing {variant.content_ref} ({image_id[7:19]}) …", markup=False)
         report = session.check_image(client, variant, image_id, gpu=gpu, host=host)
         session.save(report)
         reports.append(report)
+    _show_tests(reports, junit)
+    return [session.to_json(r) for r in reports]
+
+
+def _show_tests(reports: list[session.ImageReport], junit: Path | None) -> None:
+    """The results table, the output of failed checks, and the JUnit file."""
     table = Table(title="smoke tests")
     for column in ("image", "check", "result", "time", "detail"):
         table.add_column(column, overflow="fold")
     for report in reports:
+        name = report.artifact or report.variant.key
         for result in report.results:
             table.add_row(
-                report.variant.key,
+                name,
                 result.check.name,
                 Text(result.status.value, style=_CHECK_STYLE[result.status]),
                 f"{result.seconds:.1f}s",
                 result.message,
             )
         if report.gpu_note and report.gpu_note != session.NOT_GPU:
-            table.add_row(report.variant.key, "GPU", "", "", report.gpu_note)
+            table.add_row(name, "GPU", "", "", report.gpu_note)
     err.print(table)
     for report in reports:
         for result in report.results:
             if result.status is CheckStatus.FAILED and result.output:
-                err.print(f"\n{report.variant.key}: {result.check.name} failed:", markup=False)
+                name = report.artifact or report.variant.key
+                err.print(f"\n{name}: {result.check.name} failed:", markup=False)
                 for line in result.output.splitlines()[-15:]:
                     err.print(f"  | {line}", markup=False)
     if junit is not None:
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_bytes(session.junit_xml(reports))
         err.print(f"JUnit XML written to {junit}", markup=False)
-    return [session.to_json(r) for r in reports]
 
 
 def _image_variant(client: DockerClient, ref: str) -> tuple[ResolvedVariant, str]:
@@ -361,23 +381,7 @@ def _image_variant(client: DockerClient, ref: str) -> tuple[ResolvedVariant, str
     except ImageNotFound:
         raise UsageError(f"no image {ref} in the local engine") from None
     labels = (attrs.get("Config") or {}).get("Labels") or {}
-    spec, slug, digest = (
-        labels.get(k) for k in ("io.hepml.spec", "io.hepml.variant", DIGEST_LABEL)
-    )
-    if not spec or not slug:
-        raise UsageError(
-            f"{ref} was not built by hepml-images (no io.hepml.spec label)",
-            hint="test specs by name, or images that hepml-images built",
-        )
-    resolution = resolve_directory(shipped_dir())
-    for variant in resolution.variants:
-        if variant.spec == spec and variant.slug == slug and variant.digest == digest:
-            return variant, str(attrs["Id"])
-    raise UsageError(
-        f"{ref} was built from {spec}:{slug} with digest {digest}, which the shipped specs no"
-        " longer produce",
-        hint="test it by spec file: hepml-images test path/to/spec.yaml",
-    )
+    return variant_from_labels(labels, ref), str(attrs["Id"])
 
 
 def _built(
@@ -411,8 +415,8 @@ def smoke_test(
     targets: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Specs (their built images) or image references; default: the default"
-            " environment.",
+            help="Specs (their built images), image references or SIF files (FILE.sif);"
+            " default: the default environment.",
             show_default=False,
         ),
     ] = None,
@@ -421,23 +425,37 @@ def smoke_test(
     junit: JunitOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
-    """Smoke-test built images: component checks, the specs' smoke commands, GPU checks."""
-    client = connect()
-    pairs: list[tuple[ResolvedVariant, str]] = []
-    images = [t for t in targets or [] if _looks_like_image(t) and not t.endswith(".yaml")]
-    specs = [t for t in targets or [] if t not in images]
-    pairs.extend(_image_variant(client, ref) for ref in images)
-    if specs or not images:
-        pairs.extend(_built(client, specs, variant))
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        results = _run_tests(client, pairs, gpu, junit)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: test containers were removed") from None
+    """Smoke-test built images (or SIF files): component checks, smoke commands, GPU checks."""
+    sifs = [Path(t) for t in targets or [] if t.endswith(".sif")]
+    rest = [t for t in targets or [] if not t.endswith(".sif")]
+    if sifs and not rest:
+        results = _test_sifs(sifs, gpu, junit)
+    else:
+        client = connect()
+        pairs = _targets(client, rest, variant)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            results = _run_tests(client, pairs, gpu, junit)
+            if sifs:
+                results += _test_sifs(sifs, gpu, None)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: test containers were removed") from None
     if as_json:
         out.print_json(json.dumps({"tests": results}))
     if any(not r["passed"] for r in results):
         raise TestsFailed("smoke tests failed (see the table above)")
+
+
+def _targets(
+    client: DockerClient, targets: list[str], variant: list[str] | None
+) -> list[tuple[ResolvedVariant, str]]:
+    """Image references and specs (their built images) as (variant, image ID) pairs."""
+    images = [t for t in targets if _looks_like_image(t) and not t.endswith(".yaml")]
+    specs = [t for t in targets if t not in images]
+    pairs = [_image_variant(client, ref) for ref in images]
+    if specs or not images:
+        pairs.extend(_built(client, specs, variant))
+    return pairs
 
 
 RegistryOpt = Annotated[
@@ -453,6 +471,18 @@ DryRunOpt = Annotated[
 ]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Overwrite immutable tags that point at another image.")
+]
+
+
+SifOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sif", help="Also make SIF files and (with a push) publish them as ORAS artifacts."
+    ),
+]
+SifDirOpt = Annotated[
+    Path | None,
+    typer.Option("--sif-dir", help="Where SIF files go (default: here); existing ones are reused."),
 ]
 
 
@@ -539,23 +569,36 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
     registry: RegistryOpt = None,
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
+    sif: SifOpt = False,
+    sif_dir: SifDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Push built, smoke-tested images under their tags (content digest, versions, moving)."""
     client = connect()
     targets = _built(client, specs, variant)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sif_rows: list[dict[str, Any]] = []
     try:
         rows, problem = _publish_and_report(
             client, targets, registry=registry, dry_run=dry_run, force=force
         )
+        if sif and problem is None and not dry_run:
+            made = _make_sifs(
+                client,
+                targets,
+                output=sif_dir,
+                builder=SifBuilder.auto,
+                allow_untested=False,
+                reuse=True,
+            )
+            sif_rows = _push_sifs(made, registry)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted: some tags may be missing",
             hint="run the same command again: it pushes only what is missing",
         ) from None
     if as_json:
-        out.print_json(json.dumps({"publish": rows}))
+        out.print_json(json.dumps({"publish": rows, "sif": sif_rows}))
     if problem is not None:
         raise problem
 
@@ -598,6 +641,320 @@ def inspect_command(
     for key, value in data["labels"].items():
         table.add_row(key, value)
     out.print(table)
+
+
+# --- grid artifacts: sif, sandbox, ducc-wishlist -------------------------------------------
+
+
+class SifBuilder(str, Enum):
+    """What makes the SIF file."""
+
+    auto = "auto"
+    native = "native"
+    apptainer = "apptainer"
+
+
+SifBuilderOpt = Annotated[
+    SifBuilder,
+    typer.Option(
+        "--builder",
+        help="auto: Apptainer when installed, else native (mksquashfs + our SIF writer).",
+    ),
+]
+AllowUntestedOpt = Annotated[
+    bool,
+    typer.Option("--allow-untested", help="Convert an image without a passing smoke-test result."),
+]
+
+
+def _apptainer_for(builder: SifBuilder) -> str | None:
+    found = find_apptainer()
+    if builder is SifBuilder.apptainer and found is None:
+        raise UsageError(
+            "--builder apptainer: neither apptainer nor singularity is on PATH",
+            hint="install Apptainer, or use --builder native (the default without it)",
+        )
+    return None if builder is SifBuilder.native else found
+
+
+class _StepProgress:
+    """Progress of the slow steps: a bar on a terminal, a line per quarter in logs."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.marks: dict[str, int] = {}
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> Self:
+        if err.is_terminal:
+            self.bar = Progress(console=err, transient=True)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            if step not in self.tasks:
+                self.tasks[step] = self.bar.add_task(f"{self.what}: {step}", total=total or None)
+            self.bar.update(self.tasks[step], completed=done, total=total or None)
+            return
+        percent = 100 * done // total if total else 0
+        if self.marks.get(step) != percent // 25:
+            self.marks[step] = percent // 25
+            err.print(f"  {self.what}: {step} {percent}%", markup=False)
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _make_sifs(  # noqa: PLR0913 - keyword-only settings
+    client: DockerClient,
+    pairs: list[tuple[ResolvedVariant, str]],
+    *,
+    output: Path | None,
+    builder: SifBuilder,
+    allow_untested: bool,
+    reuse: bool = False,
+) -> list[tuple[ResolvedVariant, Made]]:
+    """Make the SIF file of each tested image (``output``: a file for one, else a directory)."""
+    apptainer = _apptainer_for(builder)
+    single = output is not None and output.suffix == ".sif"
+    if single and len(pairs) > 1:
+        raise UsageError(f"-o {output} names one file, but {len(pairs)} images are selected")
+    made = []
+    for variant, image_id in pairs:
+        ref, tested_id = grid.tested_image(client, variant, image_id, allow_untested=allow_untested)
+        labels = (client.api.inspect_image(tested_id).get("Config") or {}).get("Labels") or {}
+        target = output if single and output else (output or Path()) / grid.sif_filename(variant)
+        if reuse and target.is_file() and sif_check.sif_labels(target) == labels:
+            err.print(f"{variant.key}: {target} is up to date (same tested image)", markup=False)
+            made.append((variant, make_sif.existing(target, tested_id, ref)))
+            continue
+        epoch = grid.epoch_for(labels, os.environ)
+        err.print(f"{variant.key}: making {target} from {ref} …", markup=False)
+        with _StepProgress(variant.key) as progress:
+            result = make_sif.make_sif(
+                client,
+                tested_id,
+                target,
+                reference=ref,
+                epoch=epoch,
+                progress=progress,
+                apptainer=apptainer,
+            )
+        steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
+        err.print(
+            f"{variant.key}: wrote {result.path} ({_size(result.size)}, sha256"
+            f" {result.sha256[:16]}…; {steps})",
+            markup=False,
+        )
+        made.append((variant, result))
+    return made
+
+
+def _test_sifs(paths: list[Path], gpu: GpuMode, junit: Path | None) -> list[dict[str, Any]]:
+    """Smoke-test SIF files: Apptainer when installed, else their root filesystem on the engine."""
+    apptainer = find_apptainer()
+    client = None if apptainer else connect()
+    host = _gpu_host(client)
+    reports = []
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"no SIF file {path}")
+        labels = sif_check.sif_labels(path)
+        found = variant_from_labels(labels, str(path))
+        how = "apptainer exec --cleanenv" if apptainer else "its root filesystem on the engine"
+        err.print(f"testing {path} ({how}) …", markup=False)
+        try:
+            reports.append(
+                sif_check.check_sif(
+                    client,
+                    found,
+                    path,
+                    gpu=gpu,
+                    host=host,
+                    apptainer=apptainer,
+                    epoch=grid.epoch_for(labels, {}),
+                )
+            )
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: the test containers and image were removed") from None
+    _show_tests(reports, junit)
+    return [sif_check.report_json(r, p) for r, p in zip(reports, paths, strict=True)]
+
+
+def _push_sifs(
+    made: list[tuple[ResolvedVariant, Made]], registry: str | None
+) -> list[dict[str, Any]]:
+    """Push each SIF as an ORAS artifact under ``<tag>-sif`` (see grid.sif_references)."""
+    table = Table(title="publish SIF (ORAS)")
+    for column in ("image", "reference", "result", "digest"):
+        table.add_column(column, overflow="fold")
+    rows = []
+    for variant, result in made:
+        created = datetime.fromtimestamp(result.epoch, tz=timezone.utc)
+        for reference in grid.sif_references(variant, registry):
+            pushed = oras.push_sif(
+                result.path,
+                reference,
+                credentials=None,
+                created=created,
+                note=lambda message: err.print(message, markup=False),
+            )
+            action = "pushed" if pushed.uploaded else "up to date"
+            table.add_row(variant.key, f"oras://{reference}", action, pushed.manifest_digest)
+            rows.append(
+                {
+                    "spec": variant.spec,
+                    "variant": variant.slug,
+                    "reference": f"oras://{reference}",
+                    "manifest": pushed.manifest_digest,
+                    "layer": pushed.layer_digest,
+                    "uploaded": list(pushed.uploaded),
+                }
+            )
+    err.print(table)
+    return rows
+
+
+OutputSifOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="The SIF file (one image) or the directory for them; default: <spec>-<variant>.sif"
+        " here.",
+    ),
+]
+
+
+@app.command("sif")
+def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Specs (their built images) or image references; default: the default"
+            " environment.",
+            show_default=False,
+        ),
+    ] = None,
+    variant: VariantOpt = None,
+    output: OutputSifOpt = None,
+    builder: SifBuilderOpt = SifBuilder.auto,
+    allow_untested: AllowUntestedOpt = False,
+    test: Annotated[
+        bool, typer.Option("--test/--no-test", help="Smoke-test the SIF file's content.")
+    ] = True,
+    gpu: GpuOpt = GpuMode.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Make SIF files (Apptainer/Singularity) from built, smoke-tested images."""
+    client = connect()
+    pairs = _targets(client, targets or [], variant)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        made = _make_sifs(
+            client, pairs, output=output, builder=builder, allow_untested=allow_untested
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: partial files were removed") from None
+    report: dict[str, Any] = {"sif": [make_sif.summary(m) for _, m in made]}
+    if test:
+        report["tests"] = _test_sifs([m.path for _, m in made], gpu, None)
+    if as_json:
+        out.print_json(json.dumps(report))
+    if any(not t["passed"] for t in report.get("tests", [])):
+        raise TestsFailed("the SIF's smoke tests failed (see the table above)")
+
+
+@app.command("sandbox")
+def sandbox_command(
+    target: Annotated[str, typer.Argument(help="A spec (its built image) or an image reference.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The new directory (must not exist or be empty).")
+    ],
+    variant: VariantOpt = None,
+    allow_untested: AllowUntestedOpt = False,
+) -> None:
+    """Unpack a tested image as a flat root filesystem with /.singularity.d (CVMFS, grid sites)."""
+    client = connect()
+    pairs = _targets(client, [target], variant)
+    if len(pairs) != 1:
+        raise UsageError(f"{target} selects {len(pairs)} images; choose one with -V KEY=VALUE")
+    found, image_id = pairs[0]
+    ref, tested_id = grid.tested_image(client, found, image_id, allow_untested=allow_untested)
+    labels = (client.api.inspect_image(tested_id).get("Config") or {}).get("Labels") or {}
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with _StepProgress(found.key) as progress:
+            made = make_sif.make_sandbox(
+                client,
+                tested_id,
+                output,
+                epoch=grid.epoch_for(labels, os.environ),
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the partial directory was removed") from None
+    err.print(
+        f"{found.key}: wrote the sandbox {made.path} from {ref} ({_size(made.size)});"
+        f" run it with: apptainer exec --cleanenv {made.path} COMMAND",
+        markup=False,
+    )
+
+
+def _manifest_digest(reference: str) -> str | None:
+    try:
+        return image_inspect.remote(reference).digest
+    except image_inspect.InspectFailed as exc:
+        if "manifest unknown" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+@app.command("ducc-wishlist")
+def ducc_wishlist(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Specs whose published images to list (default: the default environment).",
+            show_default=False,
+        ),
+    ] = None,
+    variant: VariantOpt = None,
+    registry: RegistryOpt = None,
+    user: Annotated[
+        str,
+        typer.Option(
+            "--user", help="The account DUCC pushes thin images with (the wishlist's user)."
+        ),
+    ] = "hepml",
+    cvmfs_repo: Annotated[
+        str, typer.Option("--cvmfs-repo", help="The CVMFS repository DUCC unpacks into.")
+    ] = grid.DUCC_REPO,
+    output_format: Annotated[
+        str, typer.Option("--output-format", help="How DUCC names the thin images.")
+    ] = grid.DUCC_OUTPUT_FORMAT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """A DUCC wishlist for the published images, pinned by manifest digest (CVMFS unpacking)."""
+    names, selection = _selection(specs, variant)
+    resolution = resolve_specs(names, selection)
+    entries = grid.published(resolution.selected, registry, _manifest_digest)
+    text = grid.wishlist(entries, user=user, cvmfs_repo=cvmfs_repo, output_format=output_format)
+    if output is None:
+        out.print(text, end="", markup=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    err.print(f"wrote {output}: {len(entries)} images for {cvmfs_repo}", markup=False)
 
 
 # --- hepml-images ci generate ---------------------------------------------------------------
@@ -757,6 +1114,8 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     ] = False,
     registry: RegistryOpt = None,
     force: ForceOpt = False,
+    sif: SifOpt = False,
+    sif_dir: SifDirOpt = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout.")
     ] = False,
@@ -820,13 +1179,25 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         report["tests"] = _test_built(client, outcomes, gpu, junit)
     tests_failed = any(not t["passed"] for t in report.get("tests", []))
     publish_error: PublishFailed | None = None
+    selected = [(o.variant, o.image_id or "") for o in outcomes if o.variant in resolution.selected]
+    made: list[tuple[ResolvedVariant, Made]] = []
+    if sif and not failed and not tests_failed:
+        try:
+            made = _make_sifs(
+                client, selected, output=sif_dir, builder=SifBuilder.auto, allow_untested=no_test
+            )
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: partial SIF files were removed") from None
+        report["sif"] = [make_sif.summary(m) for _, m in made]
+        if not no_test:
+            report["sif_tests"] = tests = _test_sifs([m.path for _, m in made], gpu, None)
+            tests_failed = any(not t["passed"] for t in tests)
     if push and not failed and not tests_failed:
-        selected = [
-            (o.variant, o.image_id or "") for o in outcomes if o.variant in resolution.selected
-        ]
         report["publish"], publish_error = _publish_and_report(
             client, selected, registry=registry, dry_run=False, force=force
         )
+        if made and publish_error is None:
+            report["publish_sif"] = _push_sifs(made, registry)
     if as_json:
         out.print_json(json.dumps(report))
     if failed:

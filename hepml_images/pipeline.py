@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from hepml_images import provenance
+from hepml_images.engine import DIGEST_LABEL
+from hepml_images.errors import UsageError
 from hepml_images.render import Rendered, render
 from hepml_images.resolve import ResolvedVariant, resolve, select
 from hepml_images.spec import load as spec_load
+from hepml_images.spec.load import shipped_dir
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
 Format = Literal["docker", "singularity", "all"]
@@ -77,3 +80,23 @@ def write_build_dir(rendered: Rendered, directory: Path, fmt: Format) -> list[Pa
         os.chmod(path, item.mode)  # noqa: PTH101 - explicit mode, independent of umask
         written.append(path)
     return written
+
+
+def variant_from_labels(labels: Mapping[str, str], what: str) -> ResolvedVariant:
+    """The shipped variant that an image (or a SIF made from one) was built from, by its labels."""
+    spec, slug, digest = (
+        labels.get(k) for k in ("io.hepml.spec", "io.hepml.variant", DIGEST_LABEL)
+    )
+    if not spec or not slug:
+        raise UsageError(
+            f"{what} was not built by hepml-images (no io.hepml.spec label)",
+            hint="test specs by name, or images that hepml-images built",
+        )
+    for variant in resolve_directory(shipped_dir()).variants:
+        if variant.spec == spec and variant.slug == slug and variant.digest == digest:
+            return variant
+    raise UsageError(
+        f"{what} was built from {spec}:{slug} with digest {digest}, which the shipped specs no"
+        " longer produce",
+        hint="test it by spec file: hepml-images test path/to/spec.yaml",
+    )

@@ -276,7 +276,7 @@ def remote_digest(
     return str(found["Descriptor"]["digest"])
 
 
-def _tags(variant: ResolvedVariant) -> tuple[str, list[str], set[str]]:
+def planned_tags(variant: ResolvedVariant) -> tuple[str, list[str], set[str]]:
     """The content tag, then the other tags (immutable first), and the immutable set."""
     immutable = set(variant.immutable_tags)
     others = list(dict.fromkeys((*variant.immutable_tags, *variant.publish_tags)))
@@ -299,7 +299,7 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
     registry = registry_of(repository)
     auth = credentials(registry)
     done = Published(variant=variant, image_id=image_id, repository=repository)
-    first, others, immutable = _tags(variant)
+    first, others, immutable = planned_tags(variant)
     try:
         if not dry_run:
             image_id = stamp(client, variant, image_id)

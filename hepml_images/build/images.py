@@ -133,7 +133,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_archive(target: Path, rootfs: Path, config: bytes, repo_tags: list[str]) -> str:
+def write_archive(target: Path, rootfs: Path, config: bytes, repo_tags: list[str]) -> str:
     """A ``docker save`` archive of a one-layer image; returns the image ID."""
     config_hex = hashlib.sha256(config).hexdigest()
     layer_dir = _sha256_file(rootfs)
@@ -218,7 +218,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
             loaded_ref = variant.content_ref.replace(":", "-rootfs:", 1)
             final_plan = replace(plan, base=ir.FromImage(ref=loaded_ref))
         archive = Path(tmp) / "image.tar"
-        image_id = _write_archive(archive, rootfs, config, [loaded_ref])
+        image_id = write_archive(archive, rootfs, config, [loaded_ref])
         rootfs.unlink()
         with archive.open("rb") as handle:
             for chunk in client.api.load_image(handle):

@@ -37,7 +37,19 @@ if TYPE_CHECKING:
 
 SINGULARITY_D = ".singularity.d"
 #: Directories every image gets; /srv and /cvmfs are where grid jobs bind their work and CVMFS.
-MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "var/tmp", "root", "home", "etc", "srv", "cvmfs")
+MOUNT_POINTS = (
+    "dev",
+    "proc",
+    "sys",
+    "tmp",
+    "var",
+    "var/tmp",
+    "root",
+    "home",
+    "etc",
+    "srv",
+    "cvmfs",
+)
 ACTIONS = ("exec", "run", "shell", "start", "test")
 ENV_SCRIPTS = ("01-base.sh", "90-environment.sh", "95-apps.sh", "99-base.sh", "99-runtimevars.sh")
 LINKS = (

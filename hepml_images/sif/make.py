@@ -298,6 +298,20 @@ def make_sandbox(
     )
 
 
+def existing(path: Path, image_id: str, reference: str) -> Made:
+    """A SIF file made earlier from the same tested image (its labels say so)."""
+    return Made(
+        path=path,
+        size=path.stat().st_size,
+        sha256=_sha256(path),
+        image_id=image_id,
+        reference=reference,
+        epoch=sif_format.read_sif(path).created,
+        builder="existing",
+        seconds={},
+    )
+
+
 def summary(made: Made) -> dict[str, object]:
     """The JSON form of a result."""
     return {

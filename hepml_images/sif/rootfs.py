@@ -13,6 +13,7 @@ squashfs step maps them back to root, as Apptainer does for unprivileged builds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -144,23 +145,22 @@ def _tar_argv(root: Path, *, as_root: bool) -> list[str]:
 
 
 def _extract(root: Path, layer: IO[bytes], *, as_root: bool) -> None:
-    process = subprocess.Popen(  # noqa: S603 - fixed argv, the layer goes through stdin
+    with subprocess.Popen(  # noqa: S603 - fixed argv, the layer goes through stdin
         _tar_argv(root, as_root=as_root),
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    assert process.stdin is not None  # noqa: S101
-    try:
-        shutil.copyfileobj(layer, process.stdin, _CHUNK)
-        process.stdin.close()
-    except BrokenPipeError:
-        pass
-    assert process.stderr is not None  # noqa: S101
-    stderr = process.stderr.read()
-    if process.wait() != 0:
+    ) as process:
+        assert process.stdin is not None  # noqa: S101
+        assert process.stderr is not None  # noqa: S101
+        with contextlib.suppress(BrokenPipeError):
+            shutil.copyfileobj(layer, process.stdin, _CHUNK)
+            process.stdin.close()
+        stderr = process.stderr.read()
+        code = process.wait()
+    if code != 0:
         message = stderr.decode(errors="replace").strip().splitlines()[-5:]
         raise RootfsError(
-            f"tar could not unpack a layer (exit {process.returncode}): " + " / ".join(message),
+            f"tar could not unpack a layer (exit {code}): " + " / ".join(message),
             hint="check free space where the output goes; unprivileged users cannot unpack"
             " device files",
         )

@@ -14,12 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from hepml_images import compat
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from docker import DockerClient
 
@@ -168,9 +168,12 @@ def skipped(check: Check, why: str, *, failed: bool = False) -> CheckResult:
     )
 
 
-def run_all(
-    client: DockerClient, image_id: str, checks: Sequence[Check], *, parallel: int = 2
-) -> list[CheckResult]:
+if TYPE_CHECKING:
+    #: runs one check somewhere (a container of the engine, ``apptainer exec`` …)
+    Runner: TypeAlias = Callable[[Check], CheckResult]
+
+
+def run_all(run: Runner, checks: Sequence[Check], *, parallel: int = 2) -> list[CheckResult]:
     """Run checks (a few at a time); results in the order of ``checks``."""
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(lambda c: run_check(client, image_id, c), checks))
+        return list(pool.map(run, checks))

@@ -23,6 +23,7 @@ from hepml_images.smoke.runner import (
     Status,
     preflight,
     run_all,
+    run_check,
     skipped,
 )
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from hepml_images.resolve import ResolvedVariant
+    from hepml_images.smoke.runner import Runner
 
 
 #: The GPU note of an image that is not meant for a GPU.
@@ -47,6 +49,13 @@ class ImageReport:
     image_id: str
     results: list[CheckResult] = field(default_factory=list)
     gpu_note: str = ""
+    #: what was tested when not the image itself (a SIF file)
+    artifact: str = ""
+
+    @property
+    def name(self) -> str:
+        """The image, or the artifact made from it."""
+        return self.artifact or self.variant.content_ref
 
     @property
     def passed(self) -> bool:
@@ -68,9 +77,8 @@ def _preflight_check(cuda: str | None) -> Check:
 
 
 def _gpu_results(
-    client: DockerClient,
+    run: Runner,
     variant: ResolvedVariant,
-    image_id: str,
     mode: GpuMode,
     host: Callable[[], GpuHost],
 ) -> tuple[list[CheckResult], str]:
@@ -98,23 +106,34 @@ def _gpu_results(
     if not ok:
         return [pre_result], f"GPU preflight failed: {message}"
     note = f"{len(found.gpus)} GPU(s): {', '.join(found.gpus)}; driver {found.driver}"
-    return [pre_result, *run_all(client, image_id, gpu_checks, parallel=1)], note
+    return [pre_result, *run_all(run, gpu_checks, parallel=1)], note
 
 
 def check_image(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient,
+    client: DockerClient | None,
     variant: ResolvedVariant,
     image_id: str,
     *,
     gpu: GpuMode,
     host: Callable[[], GpuHost],
     parallel: int = 2,
+    run: Runner | None = None,
+    artifact: str = "",
 ) -> ImageReport:
-    """Run the component checks, the spec's smoke commands and the GPU checks."""
-    report = ImageReport(variant=variant, image_id=image_id)
+    """Run the component checks, the spec's smoke commands and the GPU checks.
+
+    By default each check runs in a container of ``image_id``; ``run`` runs them elsewhere (in
+    a SIF's root filesystem, under Apptainer), and ``artifact`` names what was tested then.
+    """
+    report = ImageReport(variant=variant, image_id=image_id, artifact=artifact)
+    if run is None:
+        if client is None:
+            raise ValueError("check_image needs an engine client or a runner")
+        engine = client
+        run = lambda check: run_check(engine, image_id, check)  # noqa: E731 - one-line runner
     plain = [*checks_.component_checks(variant), *checks_.smoke_checks(variant)]
-    report.results = run_all(client, image_id, plain, parallel=parallel)
-    gpu_results, report.gpu_note = _gpu_results(client, variant, image_id, gpu, host)
+    report.results = run_all(run, plain, parallel=parallel)
+    gpu_results, report.gpu_note = _gpu_results(run, variant, gpu, host)
     report.results += gpu_results
     return report
 
@@ -178,7 +197,7 @@ def junit_xml(reports: Sequence[ImageReport]) -> bytes:
         suite = ET.SubElement(
             root,
             "testsuite",
-            name=report.variant.content_ref,
+            name=report.name,
             tests=str(len(report.results)),
             failures=str(report.count(Status.FAILED)),
             skipped=str(report.count(Status.SKIPPED)),

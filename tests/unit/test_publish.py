@@ -50,7 +50,7 @@ def test_registry_of(repository: str, registry: str) -> None:
 
 def test_tags_content_first_then_immutable_and_moving() -> None:
     (cpu,) = resolve_specs(["debian-tensorflow"], ["accelerator=cpu"]).selected
-    first, others, immutable = publish._tags(cpu)
+    first, others, immutable = publish.planned_tags(cpu)
     assert first == cpu.content_ref.rsplit(":", 1)[1]
     assert others == ["1.0.0-tf2.21.0-py3.11-cpu", "cpu"]
     assert immutable == {"1.0.0-tf2.21.0-py3.11-cpu"}

@@ -1,0 +1,120 @@
+"""Layers applied in order with OCI whiteouts, from a docker-save archive made here (GNU tar)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import TYPE_CHECKING
+
+import pytest
+
+from hepml_images.sif import rootfs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+EPOCH = 1_700_000_000
+
+
+def _layer(entries: list[tuple[str, str, str]]) -> bytes:
+    """A layer tar from (name, kind, data): kind file|dir|link."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, data
+                tar.addfile(info)
+            else:
+                payload = data.encode()
+                info.size, info.mode = len(payload), int(kind.removeprefix("file") or "644", 8)
+                tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def _archive(path: Path, layers: list[bytes], config: dict[str, object]) -> None:
+    names = [f"l{i}/layer.tar" for i in range(len(layers))]
+    manifest = [{"Config": "c.json", "RepoTags": [], "Layers": names}]
+    with tarfile.open(path, "w") as tar:
+        for name, data in [
+            *zip(names, layers, strict=True),
+            ("c.json", json.dumps(config).encode()),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _flatten(tmp_path: Path, layers: list[bytes]) -> tuple[Path, rootfs.Flattened]:
+    archive = tmp_path / "image.tar"
+    _archive(archive, layers, {"architecture": "amd64", "config": {"Env": ["A=1"]}})
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    seen: list[tuple[str, int, int]] = []
+    flat = rootfs.flatten(archive, root, epoch=EPOCH, progress=lambda *a: seen.append(a))
+    assert seen[-1][1] == seen[-1][2]  # progress ends at 100 %
+    return root, flat
+
+
+def test_whiteouts_opaque_directories_and_type_changes(tmp_path: Path) -> None:
+    lower = _layer(
+        [
+            ("a", "dir", ""),
+            ("a/keep", "file", "k"),
+            ("a/gone", "file", "g"),
+            ("b", "dir", ""),
+            ("b/old", "file", "o"),
+            ("c", "dir", ""),
+            ("c/inside", "file", "i"),
+            ("d", "file", "was a file"),
+            ("run", "file755", "#!/bin/sh\n"),
+            ("link", "link", "a/keep"),
+        ]
+    )
+    upper = _layer(
+        [
+            ("a", "dir", ""),
+            ("a/.wh.gone", "file", ""),
+            ("b", "dir", ""),
+            ("b/.wh..wh..opq", "file", ""),
+            ("b/new", "file", "n"),
+            ("c", "file", "now a file"),
+            ("d", "dir", ""),
+            ("d/x", "file", "x"),
+        ]
+    )
+    root, flat = _flatten(tmp_path, [lower, upper])
+    assert flat.layers == 2
+    assert flat.config["config"] == {"Env": ["A=1"]}
+    assert (root / "a" / "keep").read_text() == "k"
+    assert not (root / "a" / "gone").exists()
+    assert not (root / "a" / ".wh.gone").exists()
+    assert sorted(p.name for p in (root / "b").iterdir()) == ["new"]
+    assert (root / "c").read_text() == "now a file"
+    assert (root / "d" / "x").read_text() == "x"
+    assert (root / "link").readlink().as_posix() == "a/keep"
+    assert (root / "run").stat().st_mode & 0o777 == 0o755
+    assert (root / "a" / "keep").stat().st_mtime == 1_600_000_000  # the layer's times are kept
+    assert root.stat().st_mode & 0o777 == 0o755
+    assert root.stat().st_mtime == EPOCH
+
+
+def test_a_layer_may_not_write_through_a_link_out_of_the_image(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    lower = _layer([("escape", "link", str(outside))])
+    upper = _layer([("escape/owned", "file", "x")])
+    with pytest.raises(rootfs.RootfsError, match="leaves the image"):
+        _flatten(tmp_path, [lower, upper])
+    assert list(outside.iterdir()) == []
+
+
+def test_unsafe_member_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(rootfs.RootfsError, match="unsafe path"):
+        _flatten(tmp_path, [_layer([("../up", "file", "x")])])
