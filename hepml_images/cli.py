@@ -591,7 +591,7 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
                 allow_untested=False,
                 reuse=True,
             )
-            sif_rows = _push_sifs(made, registry)
+            sif_rows, problem = _push_sifs(made, registry, force=force)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted: some tags may be missing",
@@ -789,37 +789,50 @@ def _test_sifs(paths: list[Path], gpu: GpuMode, junit: Path | None) -> list[dict
 
 
 def _push_sifs(
-    made: list[tuple[ResolvedVariant, Made]], registry: str | None
-) -> list[dict[str, Any]]:
-    """Push each SIF as an ORAS artifact under ``<tag>-sif`` (see grid.sif_references)."""
+    made: list[tuple[ResolvedVariant, Made]], registry: str | None, *, force: bool
+) -> tuple[list[dict[str, Any]], PublishFailed | None]:
+    """Push each SIF as an ORAS artifact under ``<tag>-sif`` (see grid.sif_references).
+
+    An immutable tag that holds another SIF is left alone (reported) unless ``force``.
+    """
     table = Table(title="publish SIF (ORAS)")
     for column in ("image", "reference", "result", "digest"):
         table.add_column(column, overflow="fold")
     rows = []
+    note = lambda message: err.print(message, markup=False)  # noqa: E731 - one-line callback
     for variant, result in made:
         created = datetime.fromtimestamp(result.epoch, tz=timezone.utc)
-        for reference in grid.sif_references(variant, registry):
-            pushed = oras.push_sif(
-                result.path,
-                reference,
-                credentials=None,
-                created=created,
-                note=lambda message: err.print(message, markup=False),
-            )
-            action = "pushed" if pushed.uploaded else "up to date"
-            table.add_row(variant.key, f"oras://{reference}", action, pushed.manifest_digest)
+        layer = f"sha256:{result.sha256}"
+        for reference, immutable in grid.sif_references(variant, registry):
+            held = oras.remote_layer(reference, note=note) if immutable and not force else None
+            if held is not None and held != layer:
+                action, digest = "refused", f"immutable tag holds {held[:19]}…"
+            else:
+                pushed = oras.push_sif(
+                    result.path, reference, credentials=None, created=created, note=note
+                )
+                action = "pushed" if pushed.uploaded else "up to date"
+                digest = pushed.manifest_digest
+            style = "bold red" if action == "refused" else "green"
+            table.add_row(variant.key, f"oras://{reference}", Text(action, style=style), digest)
             rows.append(
                 {
                     "spec": variant.spec,
                     "variant": variant.slug,
                     "reference": f"oras://{reference}",
-                    "manifest": pushed.manifest_digest,
-                    "layer": pushed.layer_digest,
-                    "uploaded": list(pushed.uploaded),
+                    "action": action,
+                    "manifest": digest,
+                    "layer": layer,
                 }
             )
     err.print(table)
-    return rows
+    refused = [r["reference"] for r in rows if r["action"] == "refused"]
+    if not refused:
+        return rows, None
+    return rows, PublishFailed(
+        f"{len(refused)} immutable SIF tags hold another file: {', '.join(refused)}",
+        hint="--force overwrites them; bump the spec version instead if you can",
+    )
 
 
 OutputSifOpt = Annotated[
@@ -1197,7 +1210,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             client, selected, registry=registry, dry_run=False, force=force
         )
         if made and publish_error is None:
-            report["publish_sif"] = _push_sifs(made, registry)
+            report["publish_sif"], publish_error = _push_sifs(made, registry, force=force)
     if as_json:
         out.print_json(json.dumps(report))
     if failed:

@@ -77,11 +77,14 @@ def epoch_for(labels: Mapping[str, str], environ: Mapping[str, str]) -> int:
     return DEFAULT_EPOCH
 
 
-def sif_references(variant: ResolvedVariant, registry: str | None) -> list[str]:
-    """Where the SIF goes: ``REPOSITORY:<tag>-sif`` for the content tag and every other tag."""
-    first, others, _ = planned_tags(variant)
+def sif_references(variant: ResolvedVariant, registry: str | None) -> list[tuple[str, bool]]:
+    """Where the SIF goes: ``REPOSITORY:<tag>-sif`` for the content tag and every other tag.
+
+    Each comes with whether it is immutable (the content tag and the spec's immutable tags).
+    """
+    first, others, immutable = planned_tags(variant)
     return [
-        f"{repository}:{tag}{SIF_SUFFIX}"
+        (f"{repository}:{tag}{SIF_SUFFIX}", tag == first or tag in immutable)
         for repository in repositories(variant, registry)
         for tag in (first, *others)
     ]

@@ -613,15 +613,21 @@ class _Client:
         response.close()
         return response.headers.get("Docker-Content-Digest")
 
-    def get_manifest(self) -> tuple[bytes, str]:
-        """The manifest's bytes and media type (``Content-Type`` when it names none)."""
+    def get_manifest(self, *, missing_ok: bool = False) -> tuple[bytes, str] | None:
+        """The manifest's bytes and media type (``Content-Type`` when it names none).
+
+        With ``missing_ok``, None when the registry has no such tag or digest.
+        """
         response = self.request(
             "GET",
             f"{self.base}/manifests/{self.ref.target}",
             what=f"reading the manifest of {self.ref}",
-            ok=(200,),
+            ok=(200, 404) if missing_ok else (200,),
             headers={"Accept": ", ".join(_ACCEPT)},
         )
+        if response.status_code == 404:  # noqa: PLR2004 - Not Found
+            response.close()
+            return None
         with contextlib.closing(response):
             data = response.content
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -795,6 +801,37 @@ def _strings(value: object) -> dict[str, str]:
     return {str(key): str(item) for key, item in value.items()}
 
 
+def remote_layer(
+    reference: str,
+    *,
+    credentials: Mapping[str, str] | None = None,
+    plain_http: bool | None = None,
+    note: Callable[[str], None] = _warn,
+) -> str | None:
+    """The digest of the SIF layer at ``reference`` (None when the registry has no such tag)."""
+    ref = parse_reference(reference)
+    with _Client(
+        ref, resolve_credentials(ref.registry, credentials), plain_http=plain_http
+    ) as client:
+        found = _retrying(lambda: client.get_manifest(missing_ok=True), note, time.sleep)
+    if found is None:
+        return None
+    manifest, media_type = _parse_manifest(ref, *found)
+    return str(_sif_layer(ref, manifest, media_type)["digest"])
+
+
+def _parse_manifest(ref: Reference, data: bytes, content_type: str) -> tuple[Any, str]:
+    """The manifest as JSON and its media type."""
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        raise OrasError(f"{ref}: the registry's manifest is not JSON") from None
+    media_type = str(
+        (manifest.get("mediaType") if isinstance(manifest, dict) else None) or content_type
+    )
+    return manifest, media_type
+
+
 def pull_sif(
     reference: str,
     target: Path,
@@ -813,17 +850,13 @@ def pull_sif(
     with _Client(
         ref, resolve_credentials(ref.registry, credentials), plain_http=plain_http
     ) as client:
-        data, content_type = _retrying(client.get_manifest, note, time.sleep)
+        found = _retrying(client.get_manifest, note, time.sleep)
+        assert found is not None  # noqa: S101 - a missing manifest raised
+        data, content_type = found
         manifest_digest = sha256_digest(data)
         if ref.digest is not None and manifest_digest != ref.digest:
             raise OrasError(f"{ref.registry} answered {ref} with a manifest of {manifest_digest}")
-        try:
-            manifest = json.loads(data)
-        except ValueError:
-            raise OrasError(f"{ref}: the registry's manifest is not JSON") from None
-        media_type = str(
-            (manifest.get("mediaType") if isinstance(manifest, dict) else None) or content_type
-        )
+        manifest, media_type = _parse_manifest(ref, data, content_type)
         layer = _sif_layer(ref, manifest, media_type)
         layer_annotations = _strings(layer.get("annotations"))
         if target.is_dir():

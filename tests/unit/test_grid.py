@@ -31,9 +31,12 @@ def test_epoch_comes_from_source_date_epoch_then_the_image() -> None:
 
 def test_sif_references_are_the_image_tags_with_a_suffix() -> None:
     variant = _default()
-    refs = grid.sif_references(variant, "127.0.0.1:5000/ns")
+    pairs = grid.sif_references(variant, "127.0.0.1:5000/ns")
+    refs = [ref for ref, _ in pairs]
     content = variant.content_ref.rsplit(":", 1)[1]
-    assert refs[0] == f"127.0.0.1:5000/ns/debian-tensorflow:{content}-sif"
+    assert pairs[0] == (f"127.0.0.1:5000/ns/debian-tensorflow:{content}-sif", True)
+    immutable = {f"127.0.0.1:5000/ns/debian-tensorflow:{t}-sif" for t in variant.immutable_tags}
+    assert {ref for ref, fixed in pairs[1:] if fixed} == immutable
     assert all(r.startswith("127.0.0.1:5000/ns/debian-tensorflow:") for r in refs)
     assert all(r.endswith("-sif") for r in refs)
     assert len(refs) == len(set(refs)) >= 2
