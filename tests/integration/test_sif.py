@@ -1,0 +1,342 @@
+"""Grid images from real tested images: SIF files checked by siftool, their content compared with
+the engine's own export of the image, smoke tests on the SIF's root filesystem, byte-identical
+rebuilds, ORAS round trips through the loopback registry, sandboxes and DUCC wishlists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from typing import IO, TYPE_CHECKING, Any, cast
+
+import pytest
+import yaml
+
+from hepml_images import oras
+from hepml_images.sif import format as sif_format
+from hepml_images.sif import layout
+from tests.conftest import require_tool
+from tests.integration.helpers import Run, cli_env
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import docker
+
+    from tests.integration.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+EPOCH = "1700000000"
+DEFAULT_SIF = "debian-tensorflow-cpu.sif"
+#: What Docker's init layer puts into a container's export (not the image's files).
+_INIT_LAYER = {".dockerenv", "etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/mtab"}
+
+
+def run(state: Path, *args: str, registry: Registry | None = None, epoch: str | None = None) -> Run:
+    """The CLI; SOURCE_DATE_EPOCH only where asked (builds with it would rebuild every image)."""
+    env = cli_env(state)
+    env.pop("SOURCE_DATE_EPOCH", None)
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = epoch
+    if registry is not None:
+        env["HEPML_REGISTRY_USER"] = registry.username
+        env["HEPML_REGISTRY_PASSWORD"] = registry.password
+    done = subprocess.run(
+        [sys.executable, "-m", "hepml_images", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def siftool(*args: str) -> str:
+    done = subprocess.run(
+        [require_tool("siftool"), *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def default_sif(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """``build --sif`` of the default environment: (state dir, SIF file, the JSON report)."""
+    require_tool("mksquashfs")
+    require_tool("sqfs2tar")
+    base = tmp_path_factory.mktemp("default-sif")
+    state, out = base / "state", base / "out"
+    built = run(state, "build", "--sif", "--sif-dir", str(out), "--json")
+    assert built.code == 0, built.stderr[-4000:]
+    return state, out / DEFAULT_SIF, built.json()
+
+
+def test_build_sif_makes_a_sif_that_siftool_accepts(default_sif: tuple[Path, Path, Any]) -> None:
+    _, sif, report = default_sif
+    assert [s["path"] for s in report["sif"]] == [str(sif)]
+    assert report["sif"][0]["size"] == sif.stat().st_size
+    listing = siftool("list", str(sif))
+    rows = [line for line in listing.splitlines() if "|" in line and line[0].isdigit()]
+    assert len(rows) == 3, listing
+    assert rows[0].rstrip().endswith("Def.FILE")
+    assert rows[1].rstrip().endswith("JSON.Labels")
+    assert rows[2].rstrip().endswith("FS (Squashfs/*System/amd64)")
+    assert "Primary Architecture: amd64" in siftool("header", str(sif))
+    info = sif_format.read_sif(sif)
+    assert sif_format.primary_partition(info).id == 3
+    assert "Partition Type: *System" in siftool("info", "3", str(sif))
+    deffile = siftool("dump", "1", str(sif))
+    assert "Bootstrap: docker-daemon" in deffile
+    assert "From: hepml/debian-tensorflow:" in deffile
+    assert "-tested" in deffile
+    labels = json.loads(siftool("dump", "2", str(sif)))
+    assert labels["io.hepml.spec"] == "debian-tensorflow"
+    assert labels["io.hepml.smoke.result"] == "passed"
+    assert labels["org.opencontainers.image.version"]
+
+
+def test_the_sif_content_passes_the_smoke_tests(default_sif: tuple[Path, Path, Any]) -> None:
+    _, sif, report = default_sif
+    [tested] = report["sif_tests"]
+    assert tested["sif"] == str(sif)
+    assert tested["passed"], tested
+    names = {c["name"]: c["status"] for c in tested["checks"]}
+    assert names["TensorFlow 2.21.0 imports and computes"] == "passed"
+    assert names["h5py uses HDF5 1.10"] == "passed"
+    assert all(status == "passed" for status in names.values()), names
+
+
+def test_the_sif_is_byte_identical_across_runs_with_source_date_epoch(
+    default_sif: tuple[Path, Path, Any], tmp_path: Path
+) -> None:
+    state, built, _ = default_sif
+    first, second = tmp_path / "first.sif", tmp_path / "second.sif"
+    for target in (first, second):
+        made = run(state, "sif", "-o", str(target), "--no-test", "--json", epoch=EPOCH)
+        assert made.code == 0, made.stderr[-3000:]
+        assert made.json()["sif"][0]["sha256"] == sha256(target)
+    assert first.read_bytes() == second.read_bytes()
+    header = siftool("header", str(first))
+    assert "Created At:           2023-11-14 22:13:20 +0000 UTC" in header  # the epoch
+    assert sif_format.read_sif(first).created == int(EPOCH)
+    # the same root filesystem as the SIF the build made (at the image's own time)
+    partitions = []
+    for sif in (first, built):
+        info = sif_format.read_sif(sif)
+        partitions.append(sif_format.primary_partition(info).size)
+    assert partitions[0] == partitions[1]
+
+
+def test_publish_sif_round_trips_through_the_registry_as_oras(
+    default_sif: tuple[Path, Path, Any], registry: Registry, tmp_path: Path
+) -> None:
+    state, sif, _ = default_sif
+    target = f"{registry.host}/hepml-grid"
+    published = run(
+        state,
+        "publish",
+        "--sif",
+        "--sif-dir",
+        str(sif.parent),
+        "--registry",
+        target,
+        "--json",
+        registry=registry,
+    )
+    assert published.code == 0, published.stderr[-3000:]
+    assert "up to date (same tested image)" in published.stderr  # the SIF was not made again
+    rows = published.json()["sif"]
+    assert rows
+    assert all(r["action"] == "pushed" for r in rows), rows
+    assert {r["layer"] for r in rows} == {f"sha256:{sha256(sif)}"}
+
+    reference = rows[0]["reference"].removeprefix("oras://")
+    pulled = oras.pull_sif(
+        reference,
+        tmp_path / "pulled.sif",
+        credentials={"username": registry.username, "password": registry.password},
+    )
+    assert sha256(pulled.path) == sha256(sif)
+    assert pulled.layer_media_type == "application/vnd.sylabs.sif.layer.v1.sif"
+    assert pulled.config_media_type == "application/vnd.sylabs.sif.config.v1+json"
+    assert pulled.layer_annotations["org.opencontainers.image.title"] == DEFAULT_SIF
+    repo, tag = reference.removeprefix(f"{registry.host}/").rsplit(":", 1)
+    digest, manifest = registry.manifest(repo, tag)
+    assert digest == pulled.manifest_digest == rows[0]["manifest"]
+    assert manifest["config"]["mediaType"] == "application/vnd.sylabs.sif.config.v1+json"
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.sylabs.sif.layer.v1.sif"
+    ]
+
+    # again: same file, same created time, so the same manifests; nothing is uploaded
+    again = run(
+        state,
+        "publish",
+        "--sif",
+        "--sif-dir",
+        str(sif.parent),
+        "--registry",
+        target,
+        "--json",
+        registry=registry,
+    )
+    assert again.code == 0, again.stderr[-3000:]
+    assert {r["action"] for r in again.json()["sif"]} == {"up to date"}
+    assert {r["manifest"] for r in again.json()["sif"]} == {r["manifest"] for r in rows}
+
+    # the DUCC wishlist pins the published image by the registry's digest
+    wishlist = tmp_path / "wishlist.yaml"
+    listed = run(
+        state,
+        "ducc-wishlist",
+        "--registry",
+        target,
+        "--user",
+        "atlasml",
+        "-o",
+        str(wishlist),
+        registry=registry,
+    )
+    assert listed.code == 0, listed.stderr[-3000:]
+    document = yaml.safe_load(wishlist.read_text())
+    assert document["version"] == 1
+    assert document["cvmfs_repo"] == "unpacked.cern.ch"
+    assert document["user"] == "atlasml"
+    [entry] = document["input"]
+    image_repo = "hepml-grid/debian-tensorflow"
+    content_tag = tag.removesuffix("-sif")
+    image_digest, _ = registry.manifest(image_repo, content_tag)
+    assert entry == f"http://{registry.host}/{image_repo}:{content_tag}@{image_digest}"
+
+
+def _entries(stream: IO[bytes]) -> dict[str, tuple[Any, ...]]:
+    """path → (type, mode, uid, gid, link target, size, mtime) of a tar stream."""
+    found: dict[str, tuple[Any, ...]] = {}
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./").rstrip("/")
+            if not name or name == ".":
+                continue
+            kind = member.type
+            if member.islnk():
+                kind = tarfile.REGTYPE  # a hard link is a regular file in both trees
+            found[name] = (
+                kind,
+                member.mode & 0o7777,
+                member.uid,
+                member.gid,
+                member.linkname if member.issym() else "",
+                member.size if member.isreg() else 0,
+                int(member.mtime) if member.isreg() or member.issym() else 0,
+            )
+    return found
+
+
+def test_the_squashfs_holds_the_image_files_with_modes_and_links(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The SIF of debian-hdf5 (three layers), against the engine's own export of the image."""
+    sqfs2tar = require_tool("sqfs2tar")
+    state = tmp_path / "state"
+    made = run(state, "build", "debian-hdf5", "--sif", "--sif-dir", str(tmp_path), "--json")
+    assert made.code == 0, made.stderr[-3000:]
+    [summary] = made.json()["sif"]
+    sif = tmp_path / "debian-hdf5-default.sif"
+    partition = tmp_path / "rootfs.squashfs"
+    with sif.open("rb") as source, partition.open("wb") as target:
+        sif_format.copy_object(
+            source, sif_format.primary_partition(sif_format.read_sif(sif)), target
+        )
+    with subprocess.Popen(
+        [sqfs2tar, "--root-becomes", ".", str(partition)], stdout=subprocess.PIPE
+    ) as reader:
+        assert reader.stdout is not None
+        in_sif = _entries(reader.stdout)
+    assert reader.returncode == 0
+
+    container = docker_client.containers.create(summary["image_id"], command=["true"])
+    try:
+        export = tmp_path / "export.tar"
+        with export.open("wb") as handle:
+            for chunk in container.export():
+                handle.write(cast("bytes", chunk))
+    finally:
+        container.remove(force=True)
+    with export.open("rb") as handle:
+        in_image = _entries(handle)
+
+    added = {e.path for e in layout.entries({})}
+    ours = {p for p in in_sif if p in added or p.startswith(".singularity.d/")}
+    image_paths = {
+        p for p in in_image if p not in _INIT_LAYER and not p.startswith(("dev/", "proc/", "sys/"))
+    }
+    assert image_paths - set(in_sif) == set(), "files of the image missing from the SIF"
+    extra = {p for p in set(in_sif) - image_paths - ours if not p.startswith("dev/")}
+    assert extra <= {"dev", "proc", "sys", "etc/hosts", "etc/resolv.conf"}, extra
+    for path in sorted(image_paths):
+        if in_image[path][0] == tarfile.DIRTYPE:
+            assert in_sif[path][:5] == in_image[path][:5], path  # docker's init layer moved times
+        else:
+            assert in_sif[path] == in_image[path], path
+    assert in_sif[".singularity.d/actions/exec"][1] == 0o755
+    assert in_sif["srv"][0] == in_sif["cvmfs"][0] == tarfile.DIRTYPE
+    assert in_sif["singularity"][4] == ".singularity.d/runscript"
+    usr_links = [p for p, e in in_image.items() if e[0] == tarfile.SYMTYPE]
+    assert usr_links, "the image has symbolic links (usrmerge): they must be compared"
+
+
+def test_sandbox_is_the_flat_tree_with_the_apptainer_layout(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    tested = run(state, "build", "debian-base")
+    assert tested.code == 0, tested.stderr[-3000:]
+    sandbox = tmp_path / "sandbox"
+    made = run(state, "sandbox", "debian-base", "-o", str(sandbox))
+    assert made.code == 0, made.stderr[-3000:]
+    assert (sandbox / "etc" / "debian_version").read_text().startswith("12.")
+    assert os.access(sandbox / ".singularity.d" / "actions" / "exec", os.X_OK)
+    labels = json.loads((sandbox / ".singularity.d" / "labels.json").read_text())
+    assert labels["io.hepml.spec"] == "debian-base"
+    assert labels["io.hepml.smoke.result"] == "passed"
+    assert (sandbox / "srv").is_dir()
+    assert (sandbox / "cvmfs").is_dir()
+    assert (sandbox / "singularity").readlink().as_posix() == ".singularity.d/runscript"
+    if os.geteuid() == 0:  # the tree is root's, as in the image
+        assert (sandbox / "etc").stat().st_uid == 0
+        assert (sandbox / "root").stat().st_mode & 0o777 == 0o700
+
+    # a second sandbox into the same directory: refused, nothing lost
+    marker = sandbox / "etc" / "debian_version"
+    before = marker.read_text()
+    refused = run(state, "sandbox", "debian-base", "-o", str(sandbox))
+    assert refused.code == 1
+    assert "not an empty directory" in refused.stderr
+    assert marker.read_text() == before
+
+
+def test_untested_images_and_broken_files_are_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    built = run(state, "build", "debian-base", "--no-test")
+    assert built.code == 0, built.stderr[-3000:]
+    target = tmp_path / "base.sif"
+    refused = run(state, "sif", "debian-base", "-o", str(target))
+    assert refused.code == 1
+    assert "no smoke-test result" in refused.stderr
+    assert "--allow-untested" in refused.stderr
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hepml-sif-")]
+
+    broken = tmp_path / "broken.sif"
+    broken.write_bytes(b"#!/usr/bin/env run-singularity\n" + b"\0" * 100)
+    tested = run(state, "test", str(broken))
+    assert tested.code == 1
+    assert f"cannot read {broken}" in tested.stderr
