@@ -60,6 +60,7 @@ bench: setup
 	$(BIN)/python -m bench.noop_rebuild
 	$(BIN)/python -m bench.matrix_cold
 	$(BIN)/python -m bench.image_size
+	$(BIN)/python -m bench.sif_create
 
 clean:
 	rm -rf $(VENV) out build dist

@@ -477,7 +477,9 @@ ForceOpt = Annotated[
 SifOpt = Annotated[
     bool,
     typer.Option(
-        "--sif", help="Also make SIF files and (with a push) publish them as ORAS artifacts."
+        "--sif",
+        help="Also make SIF files (and the sandboxes that specs ask for with singularity.sandbox)"
+        " and, when pushing, publish the SIFs as ORAS artifacts.",
     ),
 ]
 SifDirOpt = Annotated[
@@ -583,13 +585,8 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
             client, targets, registry=registry, dry_run=dry_run, force=force
         )
         if sif and problem is None and not dry_run:
-            made = _make_sifs(
-                client,
-                targets,
-                output=sif_dir,
-                builder=SifBuilder.auto,
-                allow_untested=False,
-                reuse=True,
+            made = _grid_outputs(
+                client, targets, sif_dir=sif_dir, allow_untested=False, sandboxes=False
             )
             sif_rows, problem = _push_sifs(made, registry, force=force)
     except KeyboardInterrupt:
@@ -885,6 +882,39 @@ def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         raise TestsFailed("the SIF's smoke tests failed (see the table above)")
 
 
+def _make_sandbox(
+    client: DockerClient,
+    variant: ResolvedVariant,
+    image_id: str,
+    output: Path,
+    *,
+    allow_untested: bool,
+) -> Made | None:
+    """Unpack the tested image into ``output``; None when it already holds that image."""
+    ref, tested_id = grid.tested_image(client, variant, image_id, allow_untested=allow_untested)
+    labels = (client.api.inspect_image(tested_id).get("Config") or {}).get("Labels") or {}
+    held = output / ".singularity.d" / "labels.json"
+    if held.is_file() and json.loads(held.read_text(encoding="utf-8")) == labels:
+        err.print(
+            f"{variant.key}: the sandbox {output} is up to date (same tested image)", markup=False
+        )
+        return None
+    with _StepProgress(variant.key) as progress:
+        made = make_sif.make_sandbox(
+            client,
+            tested_id,
+            output,
+            epoch=grid.epoch_for(labels, os.environ),
+            progress=progress,
+        )
+    err.print(
+        f"{variant.key}: wrote the sandbox {made.path} from {ref} ({_size(made.size)});"
+        f" run it with: apptainer exec --cleanenv {made.path} COMMAND",
+        markup=False,
+    )
+    return made
+
+
 @app.command("sandbox")
 def sandbox_command(
     target: Annotated[str, typer.Argument(help="A spec (its built image) or an image reference.")],
@@ -900,25 +930,43 @@ def sandbox_command(
     if len(pairs) != 1:
         raise UsageError(f"{target} selects {len(pairs)} images; choose one with -V KEY=VALUE")
     found, image_id = pairs[0]
-    ref, tested_id = grid.tested_image(client, found, image_id, allow_untested=allow_untested)
-    labels = (client.api.inspect_image(tested_id).get("Config") or {}).get("Labels") or {}
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        with _StepProgress(found.key) as progress:
-            made = make_sif.make_sandbox(
-                client,
-                tested_id,
-                output,
-                epoch=grid.epoch_for(labels, os.environ),
-                progress=progress,
-            )
+        _make_sandbox(client, found, image_id, output, allow_untested=allow_untested)
     except KeyboardInterrupt:
         raise Interrupted("interrupted: the partial directory was removed") from None
-    err.print(
-        f"{found.key}: wrote the sandbox {made.path} from {ref} ({_size(made.size)});"
-        f" run it with: apptainer exec --cleanenv {made.path} COMMAND",
-        markup=False,
-    )
+
+
+def _grid_outputs(
+    client: DockerClient,
+    pairs: list[tuple[ResolvedVariant, str]],
+    *,
+    sif_dir: Path | None,
+    allow_untested: bool,
+    sandboxes: bool,
+) -> list[tuple[ResolvedVariant, Made]]:
+    """``--sif`` of build and publish: the SIFs (and sandboxes) the specs' ``singularity`` asks."""
+    wanted = [(v, i) for v, i in pairs if v.content.singularity.sif]
+    for variant, _ in pairs:
+        if not variant.content.singularity.sif:
+            err.print(f"{variant.key}: no SIF (singularity.sif is false)", markup=False)
+    try:
+        made = _make_sifs(
+            client,
+            wanted,
+            output=sif_dir,
+            builder=SifBuilder.auto,
+            allow_untested=allow_untested,
+            reuse=True,
+        )
+        if sandboxes:
+            for variant, image_id in pairs:
+                if variant.content.singularity.sandbox:
+                    target = (sif_dir or Path()) / grid.sif_filename(variant).removesuffix(".sif")
+                    _make_sandbox(client, variant, image_id, target, allow_untested=allow_untested)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: partial SIF files and sandboxes were removed") from None
+    return made
 
 
 def _manifest_digest(reference: str) -> str | None:
@@ -1195,12 +1243,9 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     selected = [(o.variant, o.image_id or "") for o in outcomes if o.variant in resolution.selected]
     made: list[tuple[ResolvedVariant, Made]] = []
     if sif and not failed and not tests_failed:
-        try:
-            made = _make_sifs(
-                client, selected, output=sif_dir, builder=SifBuilder.auto, allow_untested=no_test
-            )
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted: partial SIF files were removed") from None
+        made = _grid_outputs(
+            client, selected, sif_dir=sif_dir, allow_untested=no_test, sandboxes=True
+        )
         report["sif"] = [make_sif.summary(m) for _, m in made]
         if not no_test:
             report["sif_tests"] = tests = _test_sifs([m.path for _, m in made], gpu, None)

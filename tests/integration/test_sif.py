@@ -314,13 +314,20 @@ def test_sandbox_is_the_flat_tree_with_the_apptainer_layout(tmp_path: Path) -> N
         assert (sandbox / "etc").stat().st_uid == 0
         assert (sandbox / "root").stat().st_mode & 0o777 == 0o700
 
-    # a second sandbox into the same directory: refused, nothing lost
-    marker = sandbox / "etc" / "debian_version"
-    before = marker.read_text()
-    refused = run(state, "sandbox", "debian-base", "-o", str(sandbox))
+    # again into the same directory: it holds that image already
+    again = run(state, "sandbox", "debian-base", "-o", str(sandbox))
+    assert again.code == 0, again.stderr[-3000:]
+    assert "up to date" in again.stderr
+
+    # into a directory with other content: refused, nothing lost
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious").write_text("keep me\n")
+    refused = run(state, "sandbox", "debian-base", "-o", str(other))
     assert refused.code == 1
     assert "not an empty directory" in refused.stderr
-    assert marker.read_text() == before
+    assert [p.name for p in other.iterdir()] == ["precious"]
+    assert (other / "precious").read_text() == "keep me\n"
 
 
 def test_untested_images_and_broken_files_are_refused(tmp_path: Path) -> None:
