@@ -801,15 +801,17 @@ def _push_sifs(
         created = datetime.fromtimestamp(result.epoch, tz=timezone.utc)
         layer = f"sha256:{result.sha256}"
         for reference, immutable in grid.sif_references(variant, registry):
-            held = oras.remote_layer(reference, note=note) if immutable and not force else None
-            if held is not None and held != layer:
+            remote = oras.remote_sif(reference, note=note)
+            held = remote[1] if remote else None
+            if remote is not None and held == layer:
+                action, digest = "up to date", remote[0]
+            elif held is not None and immutable and not force:
                 action, digest = "refused", f"immutable tag holds {held[:19]}…"
             else:
                 pushed = oras.push_sif(
                     result.path, reference, credentials=None, created=created, note=note
                 )
-                action = "pushed" if pushed.uploaded else "up to date"
-                digest = pushed.manifest_digest
+                action, digest = "pushed", pushed.manifest_digest
             style = "bold red" if action == "refused" else "green"
             table.add_row(variant.key, f"oras://{reference}", Text(action, style=style), digest)
             rows.append(

@@ -801,14 +801,14 @@ def _strings(value: object) -> dict[str, str]:
     return {str(key): str(item) for key, item in value.items()}
 
 
-def remote_layer(
+def remote_sif(
     reference: str,
     *,
     credentials: Mapping[str, str] | None = None,
     plain_http: bool | None = None,
     note: Callable[[str], None] = _warn,
-) -> str | None:
-    """The digest of the SIF layer at ``reference`` (None when the registry has no such tag)."""
+) -> tuple[str, str] | None:
+    """The manifest and SIF layer digests at ``reference`` (None when the registry lacks it)."""
     ref = parse_reference(reference)
     with _Client(
         ref, resolve_credentials(ref.registry, credentials), plain_http=plain_http
@@ -817,7 +817,7 @@ def remote_layer(
     if found is None:
         return None
     manifest, media_type = _parse_manifest(ref, *found)
-    return str(_sif_layer(ref, manifest, media_type)["digest"])
+    return sha256_digest(found[0]), str(_sif_layer(ref, manifest, media_type)["digest"])
 
 
 def _parse_manifest(ref: Reference, data: bytes, content_type: str) -> tuple[Any, str]:

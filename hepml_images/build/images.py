@@ -125,7 +125,8 @@ def image_config(
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -136,7 +137,7 @@ def _sha256_file(path: Path) -> str:
 def write_archive(target: Path, rootfs: Path, config: bytes, repo_tags: list[str]) -> str:
     """A ``docker save`` archive of a one-layer image; returns the image ID."""
     config_hex = hashlib.sha256(config).hexdigest()
-    layer_dir = _sha256_file(rootfs)
+    layer_dir = sha256_file(rootfs)
     manifest = json.dumps(
         [
             {
@@ -210,7 +211,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
         if code != 0:
             raise BuildError(f"mmdebstrap exited with status {code}")
         progress("loading root filesystem")
-        diff_id = "sha256:" + _sha256_file(rootfs)
+        diff_id = "sha256:" + sha256_file(rootfs)
         config = image_config(plan, diff_id, epoch, " ".join(base.argv), labels)
         final_plan = plan
         loaded_ref = variant.content_ref

@@ -16,7 +16,6 @@ Which checks: the SIF's labels name the spec, variant and content digest it was 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepml_images.build.images import iso_time, write_archive
+from hepml_images.build.images import iso_time, sha256_file, write_archive
 from hepml_images.errors import HepmlError
 from hepml_images.sif import format as sif_format
 from hepml_images.smoke.runner import CheckResult, Status, run_check
@@ -67,14 +66,6 @@ def sif_labels(path: Path) -> dict[str, str]:
     return {}
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_rootfs(client: DockerClient, path: Path, *, epoch: int) -> str:
     """Load the SIF's primary partition into the engine as a bare image; return its ID."""
     sqfs2tar = shutil.which("sqfs2tar")
@@ -85,7 +76,7 @@ def load_rootfs(client: DockerClient, path: Path, *, epoch: int) -> str:
         )
     info = sif_format.read_sif(path)
     partition = sif_format.primary_partition(info)
-    sha = _digest(path)
+    sha = sha256_file(path)
     with tempfile.TemporaryDirectory(prefix="hepml-sifcheck-", dir=path.parent) as tmp:
         squashfs, layer, archive = (Path(tmp) / n for n in ("p.sqfs", "layer.tar", "image.tar"))
         with path.open("rb") as source, squashfs.open("wb") as target:
@@ -103,7 +94,7 @@ def load_rootfs(client: DockerClient, path: Path, *, epoch: int) -> str:
                 + done.stderr.decode(errors="replace").strip()[-500:]
             )
         squashfs.unlink()
-        diff_id = "sha256:" + _digest(layer)
+        diff_id = "sha256:" + sha256_file(layer)
         config = {
             "architecture": sif_format.arch_name(partition.partition.arch)
             if partition.partition

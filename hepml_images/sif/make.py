@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hepml_images.build.images import sha256_file
 from hepml_images.errors import HepmlError
 from hepml_images.sif import format as sif_format
 from hepml_images.sif import layout, rootfs
@@ -70,18 +71,10 @@ def find_apptainer() -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def definition(reference: str, image_id: str) -> bytes:
     """The SIF's definition-file object: how it was made (``apptainer inspect --deffile``)."""
     return (
-        f"# made by hepml-images from the smoke-tested image {image_id}\n"
+        f"# made by hepml-images from the image {image_id}\n"
         f"Bootstrap: docker-daemon\nFrom: {reference}\n"
     ).encode()
 
@@ -200,7 +193,7 @@ def make_sif(  # noqa: PLR0913 - keyword-only settings
     return Made(
         path=output,
         size=output.stat().st_size,
-        sha256=_sha256(output),
+        sha256=sha256_file(output),
         image_id=image_id,
         reference=reference,
         epoch=epoch,
@@ -236,7 +229,7 @@ def _write(
             ),
         ),
     ]
-    identity = sif_id(_sha256(squashfs).encode(), deffile, labels)
+    identity = sif_id(sha256_file(squashfs).encode(), deffile, labels)
     sif_format.write_sif(target, objects, sif_id=identity, created=epoch)
 
 
@@ -303,7 +296,7 @@ def existing(path: Path, image_id: str, reference: str) -> Made:
     return Made(
         path=path,
         size=path.stat().st_size,
-        sha256=_sha256(path),
+        sha256=sha256_file(path),
         image_id=image_id,
         reference=reference,
         epoch=sif_format.read_sif(path).created,
