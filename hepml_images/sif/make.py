@@ -112,11 +112,18 @@ def squash(
     )
     assert process.stdout is not None  # noqa: S101
     tail = b""
-    while chunk := process.stdout.read1(1 << 14):  # type: ignore[attr-defined]
-        tail = (tail + chunk)[-4000:]
-        found = _PERCENT.findall(chunk)
-        if found:
-            progress("squashfs", int(found[-1]), 100)
+    try:
+        while chunk := process.stdout.read1(1 << 14):  # type: ignore[attr-defined]
+            tail = (tail + chunk)[-4000:]
+            found = _PERCENT.findall(chunk)
+            if found:
+                progress("squashfs", int(found[-1]), 100)
+    except BaseException:  # Ctrl-C, SIGTERM: mksquashfs must not outlive us
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
     if process.wait() != 0:
         lines = [ln for ln in re.split(rb"[\r\n]", tail) if ln.strip() and b"%" not in ln]
         raise SifFailed(
@@ -170,8 +177,9 @@ def make_sif(  # noqa: PLR0913 - keyword-only settings
     partial = work / "image.sif"
     try:
         if apptainer is not None:
+            started = time.monotonic()
             _apptainer_build(apptainer, reference, partial, epoch=epoch, progress=progress)
-            seconds["apptainer"] = 0.0
+            seconds["apptainer"] = time.monotonic() - started
             builder = Path(apptainer).name
         else:
             root, flat, seconds = _prepare_tree(
@@ -186,7 +194,7 @@ def make_sif(  # noqa: PLR0913 - keyword-only settings
             _write(flat, squashfs, partial, deffile=definition(reference, image_id), epoch=epoch)
             seconds["sif"] = time.monotonic() - started
             builder = "native"
-        os.chmod(partial, 0o644)  # noqa: PTH101 - mkstemp-style work file made readable
+        partial.chmod(0o644)
         partial.replace(output)
     finally:
         _clear(work)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -345,3 +346,30 @@ def test_untested_images_and_broken_files_are_refused(tmp_path: Path) -> None:
     tested = run(state, "test", str(broken))
     assert tested.code == 1
     assert f"cannot read {broken}" in tested.stderr
+
+
+def test_an_interrupted_sif_leaves_nothing_behind(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    built = run(state, "build", "debian-base", "--no-test")
+    assert built.code == 0, built.stderr[-3000:]
+    target = tmp_path / "out" / "base.sif"
+    env = cli_env(state)
+    argv = [sys.executable, "-m", "hepml_images", "sif", "debian-base", "-o", str(target)]
+    with subprocess.Popen(
+        [*argv, "--allow-untested", "--no-test"], env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "unpack 100%" in line:  # mksquashfs is starting
+                process.send_signal(signal.SIGTERM)
+                break
+        rest = process.stderr.read()
+        code = process.wait(timeout=120)
+    assert code == 130, "".join(seen) + rest
+    assert "interrupted" in rest
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+    running = subprocess.run(["pgrep", "-f", str(target.parent)], capture_output=True, check=False)
+    assert running.stdout == b"", "mksquashfs outlived the interrupted command"
