@@ -604,16 +604,21 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
 def inspect_command(
     image: Annotated[
         str,
-        typer.Argument(help="Image reference: local, or REGISTRY/REPO:TAG.", show_default=False),
+        typer.Argument(
+            help="Image reference: local, or REGISTRY/REPO:TAG; or a SIF file (FILE.sif).",
+            show_default=False,
+        ),
     ],
     remote: Annotated[
         bool, typer.Option("--remote", help="Read it from its registry even if it is local.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show an image's provenance: OCI labels, hepml labels, digests, smoke-test result."""
+    """Show an image's (or a SIF file's) provenance: labels, digests, smoke-test result."""
     info = None
-    if not remote:
+    if image.endswith(".sif") and Path(image).is_file():
+        info = image_inspect.sif_file(Path(image))
+    elif not remote:
         info = image_inspect.local(connect(), image)
     if info is None:
         info = image_inspect.remote(image)

@@ -73,6 +73,28 @@ def local(client: DockerClient, reference: str) -> ImageInfo | None:
     )
 
 
+def sif_file(path: Path) -> ImageInfo:
+    """A SIF file: its header, primary partition and labels object (no squashfs is read)."""
+    from hepml_images.build.images import iso_time, sha256_file  # noqa: PLC0415
+    from hepml_images.sif import format as sif_format  # noqa: PLC0415
+    from hepml_images.sif.check import sif_labels  # noqa: PLC0415
+
+    try:
+        info = sif_format.read_sif(path)
+    except (OSError, sif_format.SifError) as exc:
+        raise InspectFailed(f"cannot read {path}: {exc}") from None
+    labels = sif_labels(path)
+    return ImageInfo(
+        reference=str(path),
+        where="SIF file",
+        image_id=labels.get("io.hepml.smoke.image"),
+        digest=f"sha256:{sha256_file(path)}",
+        created=iso_time(info.created),
+        architecture=info.arch,
+        labels=labels,
+    )
+
+
 def _loopback(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     return name in {"localhost", "::1"} or name.startswith("127.")

@@ -105,6 +105,11 @@ def test_build_sif_makes_a_sif_that_siftool_accepts(default_sif: tuple[Path, Pat
     assert labels["io.hepml.spec"] == "debian-tensorflow"
     assert labels["io.hepml.smoke.result"] == "passed"
     assert labels["org.opencontainers.image.version"]
+    inspected = run(default_sif[0], "inspect", str(sif), "--json").json()
+    assert inspected["where"] == "SIF file"
+    assert inspected["labels"] == labels
+    assert inspected["digest"] == f"sha256:{sha256(sif)}"
+    assert inspected["smoke_test"]["passed"] is True
 
 
 def test_the_sif_content_passes_the_smoke_tests(default_sif: tuple[Path, Path, Any]) -> None:
