@@ -59,9 +59,9 @@ from hepml_images.publish import (
     PASSWORD_ENV,
     USER_ENV,
     PublishError,
-    _retrying,
     classify,
     registry_of,
+    retrying,
 )
 from hepml_images.publish import credentials as environment_credentials
 
@@ -741,7 +741,7 @@ def push_sif(  # noqa: PLR0913 - keyword-only settings
             uploaded.append(digest)
 
         def retried(action: Callable[[], T]) -> T:
-            return _retrying(action, note, time.sleep)
+            return retrying(action, note, time.sleep)
 
         retried(
             lambda: send(
@@ -813,7 +813,7 @@ def remote_sif(
     with _Client(
         ref, resolve_credentials(ref.registry, credentials), plain_http=plain_http
     ) as client:
-        found = _retrying(lambda: client.get_manifest(missing_ok=True), note, time.sleep)
+        found = retrying(lambda: client.get_manifest(missing_ok=True), note, time.sleep)
     if found is None:
         return None
     manifest, media_type = _parse_manifest(ref, *found)
@@ -850,7 +850,7 @@ def pull_sif(
     with _Client(
         ref, resolve_credentials(ref.registry, credentials), plain_http=plain_http
     ) as client:
-        found = _retrying(client.get_manifest, note, time.sleep)
+        found = retrying(client.get_manifest, note, time.sleep)
         assert found is not None  # noqa: S101 - a missing manifest raised
         data, content_type = found
         manifest_digest = sha256_digest(data)
@@ -868,7 +868,7 @@ def pull_sif(
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OrasError(f"cannot create {target.parent}: {exc.strerror or exc}") from None
-        _retrying(lambda: client.download(layer["digest"], layer["size"], target), note, time.sleep)
+        retrying(lambda: client.download(layer["digest"], layer["size"], target), note, time.sleep)
     config = manifest.get("config")
     log.info("pulled %s to %s (%s)", ref, target, manifest_digest)
     return PulledSif(

@@ -202,7 +202,7 @@ def _stream_error(chunk: dict[str, object]) -> str | None:
     return None if error is None else str(error)
 
 
-def _retrying(
+def retrying(
     action: Callable[[], T],
     note: Callable[[str], None],
     sleep: Callable[[float], None],
@@ -306,7 +306,7 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
             done.published_id = image_id
         current: dict[str, str | None] = {}
         for tag in (first, *others):
-            current[tag] = _retrying(
+            current[tag] = retrying(
                 partial(remote_digest, client, repository, tag, auth), note, sleep
             )
         if dry_run:
@@ -317,7 +317,7 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
                 done.tags.append(TagOutcome(tag, action, current[tag] or ""))
             return done
         client.api.tag(image_id, repository, first)
-        digest = _retrying(partial(push_tag, client, repository, first, auth), note, sleep)
+        digest = retrying(partial(push_tag, client, repository, first, auth), note, sleep)
         done.manifest = digest
         action = "already there" if current[first] == digest else "pushed"
         done.tags.append(TagOutcome(first, action, digest))
@@ -335,7 +335,7 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
                 )
                 continue
             client.api.tag(image_id, repository, tag)
-            pushed = _retrying(partial(push_tag, client, repository, tag, auth), note, sleep)
+            pushed = retrying(partial(push_tag, client, repository, tag, auth), note, sleep)
             done.tags.append(TagOutcome(tag, "pushed" if current[tag] is None else "moved", pushed))
     except PublishError as exc:
         done.error = exc.message
