@@ -8,7 +8,8 @@ directory). A container export is not used: it adds Docker's init layer (``/.doc
 
 Layers are unpacked by GNU tar, as root with owners, modes, times, links and extended attributes
 (file capabilities) kept. Without root, files become the caller's (``owned_by_root`` False) and the
-squashfs step maps them back to root, as Apptainer does for unprivileged builds.
+squashfs step maps them back to root, as Apptainer does for unprivileged builds; device nodes
+(which only root can make, and over which Apptainer binds the host's /dev) are left out.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Flattened:
     """The image configuration (``architecture``, ``config`` with Env, Cmd, Labels …)."""
     layers: int
     owned_by_root: bool
+    #: device nodes left out (unprivileged: only root can create them)
+    skipped_devices: int = 0
 
 
 def save(
@@ -107,11 +110,17 @@ def _within(root: Path, directory: Path, checked: set[Path]) -> None:
     checked.add(directory)
 
 
-def _prepare(root: Path, layer: IO[bytes]) -> None:
-    """Apply the layer's whiteouts and clear paths whose type the layer changes."""
+def _prepare(root: Path, layer: IO[bytes]) -> list[str]:
+    """Apply the layer's whiteouts and clear paths whose type the layer changes.
+
+    Returns the names of the layer's device nodes (which only root can create).
+    """
     checked: set[Path] = set()
+    devices = []
     with tarfile.open(fileobj=layer, mode="r:") as members:
         for member in members:
+            if member.ischr() or member.isblk():
+                devices.append(member.name)
             rel = _safe(member.name)
             if not rel.parts:
                 continue
@@ -132,21 +141,24 @@ def _prepare(root: Path, layer: IO[bytes]) -> None:
                 is_dir = path.is_dir() and not path.is_symlink()
                 if member.isdir() != is_dir and (path.is_symlink() or path.exists()):
                     _remove(path)
+    return devices
 
 
-def _tar_argv(root: Path, *, as_root: bool) -> list[str]:
+def _tar_argv(root: Path, *, as_root: bool, skip: Path | None = None) -> list[str]:
     argv = ["tar", "--extract", "--file=-", f"--directory={root}", "--numeric-owner"]
     argv += ["--preserve-permissions", f"--exclude={WHITEOUT}*"]
     if as_root:
         argv += ["--same-owner", "--xattrs", "--xattrs-include=*"]
     else:
         argv += ["--no-same-owner", "--delay-directory-restore"]
+    if skip is not None:  # exact member names, not patterns
+        argv += ["--anchored", "--no-wildcards", f"--exclude-from={skip}"]
     return argv
 
 
-def _extract(root: Path, layer: IO[bytes], *, as_root: bool) -> None:
+def _extract(root: Path, layer: IO[bytes], *, as_root: bool, skip: Path | None = None) -> None:
     with subprocess.Popen(  # noqa: S603 - fixed argv, the layer goes through stdin
-        _tar_argv(root, as_root=as_root),
+        _tar_argv(root, as_root=as_root, skip=skip),
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as process:
@@ -191,18 +203,25 @@ def flatten(
         config: dict[str, Any] = json.load(config_file)
         layers: list[str] = manifest[0]["Layers"]
         sizes = [outer.getmember(name).size for name in layers]
-        total, done = sum(sizes), 0
+        total, done, skipped = sum(sizes), 0, 0
         for name, size in zip(layers, sizes, strict=True):
             layer = outer.extractfile(name)
             if layer is None:
                 raise RootfsError(f"the image archive lacks the layer {name}")
-            _prepare(root, layer)
+            devices = _prepare(root, layer)
             layer.seek(0)
-            _extract(root, layer, as_root=as_root)
+            skip = None
+            if devices and not as_root:  # Apptainer binds the host's /dev over them anyway
+                skip = archive.with_name(f"{archive.name}.devices")
+                skip.write_text("".join(f"{name}\n" for name in devices), encoding="utf-8")
+                skipped += len(devices)
+            _extract(root, layer, as_root=as_root, skip=skip)
             done += size
             progress("unpack", done, total)
     root.chmod(0o755)
     if as_root:
         os.chown(root, 0, 0)
     os.utime(root, ns=(epoch * 10**9, epoch * 10**9))
-    return Flattened(config=config, layers=len(layers), owned_by_root=as_root)
+    return Flattened(
+        config=config, layers=len(layers), owned_by_root=as_root, skipped_devices=skipped
+    )
