@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import tarfile
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,9 @@ def _layer(entries: list[tuple[str, str, str]]) -> bytes:
                 tar.addfile(info)
             elif kind == "link":
                 info.type, info.linkname = tarfile.SYMTYPE, data
+                tar.addfile(info)
+            elif kind == "chardev":
+                info.type, info.mode, info.devmajor, info.devminor = tarfile.CHRTYPE, 0o666, 1, 3
                 tar.addfile(info)
             else:
                 payload = data.encode()
@@ -118,3 +123,23 @@ def test_a_layer_may_not_write_through_a_link_out_of_the_image(tmp_path: Path) -
 def test_unsafe_member_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(rootfs.RootfsError, match="unsafe path"):
         _flatten(tmp_path, [_layer([("../up", "file", "x")])])
+
+
+def test_device_nodes_are_left_out_without_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = _layer([("dev", "dir", ""), ("dev/null", "chardev", ""), ("dev/keep", "file", "k")])
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # as an unprivileged caller
+    root, flat = _flatten(tmp_path, [layer])
+    assert flat.skipped_devices == 1
+    assert not flat.owned_by_root
+    assert not (root / "dev" / "null").exists()
+    assert (root / "dev" / "keep").read_text() == "k"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can make device nodes")
+def test_device_nodes_are_kept_as_root(tmp_path: Path) -> None:
+    layer = _layer([("dev", "dir", ""), ("dev/null", "chardev", "")])
+    root, flat = _flatten(tmp_path, [layer])
+    assert flat.skipped_devices == 0
+    assert stat.S_ISCHR((root / "dev" / "null").lstat().st_mode)
