@@ -141,18 +141,14 @@ def _prepare_tree(
     epoch: int,
     progress: Callable[[str, int, int], None],
 ) -> tuple[Path, rootfs.Flattened, dict[str, float]]:
-    seconds: dict[str, float] = {}
     started = time.monotonic()
-    archive = work / "image.tar"
-    rootfs.save(client, image_id, archive, progress)
-    seconds["export"] = time.monotonic() - started
-    started = time.monotonic()
-    root = work / "rootfs"
+    root, spool = work / "rootfs", work / "layers"
     root.mkdir()
-    flat = rootfs.flatten(archive, root, epoch=epoch, progress=progress)
-    archive.unlink()
+    spool.mkdir()
+    flat = rootfs.flatten(client, image_id, root, spool=spool, epoch=epoch, progress=progress)
+    spool.rmdir()
     layout.install(root, layout.entries(flat.config.get("config") or {}), epoch=epoch)
-    seconds["unpack"] = time.monotonic() - started
+    seconds = {"export+unpack": time.monotonic() - started}
     return root, flat, seconds
 
 

@@ -1,10 +1,11 @@
 """An image's flat root filesystem, from the engine's image archive (side effects: engine, files).
 
 In: a Docker client and an image ID. Out: a directory holding exactly the image's files: the
-image is saved (``docker save``) to a spool file, then its layers are applied in order with the
-OCI whiteout rules (``.wh.NAME`` deletes NAME from the layers below, ``.wh..wh..opq`` empties a
-directory). A container export is not used: it adds Docker's init layer (``/.dockerenv``, empty
-``/etc/hosts``, fresh times) and so would neither be the tested image nor reproducible.
+engine's archive of the image (``docker save``) is read as it streams, and its layers are applied
+in the image's order, each as soon as it has arrived, with the OCI whiteout rules (``.wh.NAME``
+deletes NAME from the layers below, ``.wh..wh..opq`` empties a directory). A container export is
+not used: it adds Docker's init layer (``/.dockerenv``, empty ``/etc/hosts``, fresh times) and so
+would neither be the tested image nor reproducible.
 
 Layers are unpacked by GNU tar, as root with owners, modes, times, links and extended attributes
 (file capabilities) kept. Without root, files become the caller's (``owned_by_root`` False) and the
@@ -15,11 +16,13 @@ squashfs step maps them back to root, as Apptainer does for unprivileged builds;
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
+import io
 import os
 import shutil
 import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
@@ -27,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from hepml_images.errors import HepmlError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Sequence
 
     from docker import DockerClient
 
@@ -50,22 +53,6 @@ class Flattened:
     owned_by_root: bool
     #: device nodes left out (unprivileged: only root can create them)
     skipped_devices: int = 0
-
-
-def save(
-    client: DockerClient,
-    image_id: str,
-    target: Path,
-    progress: Callable[[str, int, int], None],
-) -> None:
-    """Write the engine's archive of the image (``docker save``) to ``target``."""
-    total = int(client.api.inspect_image(image_id).get("Size") or 0)
-    done = 0
-    with target.open("wb") as handle:
-        for chunk in client.api.get_image(image_id, chunk_size=_CHUNK):
-            handle.write(chunk)
-            done += len(chunk)
-            progress("export", done, max(total, done))
 
 
 def _safe(name: str) -> PurePosixPath:
@@ -156,12 +143,21 @@ def _tar_argv(root: Path, *, as_root: bool, skip: Path | None = None) -> list[st
     return argv
 
 
-def _extract(root: Path, layer: IO[bytes], *, as_root: bool, skip: Path | None = None) -> None:
+def _extract(
+    root: Path,
+    layer: IO[bytes],
+    *,
+    as_root: bool,
+    skip: Path | None = None,
+    running: list[subprocess.Popen[bytes]] | None = None,
+) -> None:
     with subprocess.Popen(  # noqa: S603 - fixed argv, the layer goes through stdin
         _tar_argv(root, as_root=as_root, skip=skip),
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as process:
+        if running is not None:  # so that an interrupted caller can stop it
+            running[:] = [process]
         assert process.stdin is not None  # noqa: S101
         assert process.stderr is not None  # noqa: S101
         with contextlib.suppress(BrokenPipeError):
@@ -178,50 +174,209 @@ def _extract(root: Path, layer: IO[bytes], *, as_root: bool, skip: Path | None =
         )
 
 
-def flatten(
-    archive: Path,
+def _apply(
+    root: Path, layer: Path, *, as_root: bool, running: list[subprocess.Popen[bytes]]
+) -> int:
+    """Apply one layer tar file to the tree; returns how many device nodes were left out."""
+    with layer.open("rb") as handle:
+        devices = _prepare(root, handle)
+        handle.seek(0)
+        skip = None
+        if devices and not as_root:  # Apptainer binds the host's /dev over them anyway
+            skip = layer.with_name(f"{layer.name}.devices")
+            skip.write_text("".join(f"{name}\n" for name in devices), encoding="utf-8")
+        try:
+            _extract(root, handle, as_root=as_root, skip=skip, running=running)
+        finally:
+            if skip is not None:
+                skip.unlink()
+    return len(devices) if not as_root else 0
+
+
+class _Chunks(io.RawIOBase):
+    """A read-only stream over an iterator of byte chunks (the engine's archive as it comes)."""
+
+    def __init__(self, chunks: Iterator[bytes], counted: Callable[[int], None]) -> None:
+        self._chunks = chunks
+        self._left = b""
+        self._counted = counted
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer of any kind
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = chunk
+            self._counted(len(chunk))
+        size = min(len(buffer), len(self._left))
+        buffer[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+
+class _Applier(threading.Thread):
+    """Applies the layers in image order as their files arrive (while the archive still streams)."""
+
+    def __init__(
+        self,
+        root: Path,
+        order: Sequence[str],
+        *,
+        as_root: bool,
+        progress: Callable[[str, int, int], None],
+    ) -> None:
+        super().__init__(name="hepml-layers", daemon=True)
+        self.root, self.order, self.as_root, self.progress = root, list(order), as_root, progress
+        self.ready: dict[str, Path] = {}
+        self.ended = False  # no more files will come
+        self.stop = False
+        self.error: BaseException | None = None
+        self.skipped = 0
+        self.changed = threading.Condition()
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def offer(self, diff_id: str, path: Path) -> None:
+        with self.changed:
+            self.ready[diff_id] = path
+            self.changed.notify()
+
+    def finish(self, *, stop: bool = False) -> None:
+        """No more layers will come; with ``stop``, end now (killing a running tar)."""
+        with self.changed:
+            self.ended = True
+            self.stop = self.stop or stop
+            self.changed.notify()
+        if stop:
+            for process in self.running:
+                with contextlib.suppress(OSError):
+                    process.kill()
+
+    def wait(self) -> None:
+        """Join, waking often so that the main thread still gets its signals (Ctrl-C)."""
+        while self.is_alive():
+            self.join(0.2)
+
+    def _next(self, diff_id: str) -> Path | None:
+        """The layer's file once it has arrived; None when told to stop."""
+        with self.changed:
+            while diff_id not in self.ready and not self.ended and not self.stop:
+                self.changed.wait()
+            if self.stop:
+                return None
+            if diff_id not in self.ready:
+                raise RootfsError(f"the engine's archive of the image lacks {diff_id}")
+            return self.ready[diff_id]
+
+    def run(self) -> None:
+        try:
+            for index, diff_id in enumerate(self.order):
+                path = self._next(diff_id)
+                if path is None:
+                    return
+                if self.stop:
+                    return
+                self.skipped += _apply(self.root, path, as_root=self.as_root, running=self.running)
+                if diff_id not in self.order[index + 1 :]:
+                    path.unlink()
+                self.progress("unpack", index + 1, len(self.order))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self.error = exc
+
+
+def flatten_stream(  # noqa: PLR0913 - keyword-only settings
+    chunks: Iterator[bytes],
+    order: Sequence[str],
     root: Path,
     *,
+    spool: Path,
     epoch: int,
     progress: Callable[[str, int, int], None],
-) -> Flattened:
-    """Unpack the image in ``archive`` (a ``docker save`` file) into the empty directory ``root``.
+    total: int = 0,
+) -> int:
+    """Unpack a ``docker save`` archive, streamed as ``chunks``, into the empty directory ``root``.
 
-    The root directory itself gets mode 0755 and the time ``epoch`` (layers do not say them).
+    ``order`` is the image's layer diff IDs, base first (``RootFS.Layers``). Each layer file of
+    the archive is written to ``spool`` while its SHA-256 (its diff ID) is computed; a second
+    thread applies the layers in ``order`` as soon as each has arrived, while the archive still
+    streams. Works for the classic (``<id>/layer.tar``) and the OCI (``blobs/sha256/…``)
+    archive layouts. Returns how many device nodes were left out (without root).
     """
     as_root = os.geteuid() == 0
-    with tarfile.open(archive, mode="r:") as outer:
-        manifest_file = outer.extractfile("manifest.json")
-        if manifest_file is None:
-            raise RootfsError("the image archive has no manifest.json")
-        manifest = json.load(manifest_file)
-        if len(manifest) != 1:
-            raise RootfsError(f"the image archive holds {len(manifest)} images, not one")
-        config_file = outer.extractfile(manifest[0]["Config"])
-        if config_file is None:
-            raise RootfsError("the image archive has no image configuration")
-        config: dict[str, Any] = json.load(config_file)
-        layers: list[str] = manifest[0]["Layers"]
-        sizes = [outer.getmember(name).size for name in layers]
-        total, done, skipped = sum(sizes), 0, 0
-        for name, size in zip(layers, sizes, strict=True):
-            layer = outer.extractfile(name)
-            if layer is None:
-                raise RootfsError(f"the image archive lacks the layer {name}")
-            devices = _prepare(root, layer)
-            layer.seek(0)
-            skip = None
-            if devices and not as_root:  # Apptainer binds the host's /dev over them anyway
-                skip = archive.with_name(f"{archive.name}.devices")
-                skip.write_text("".join(f"{name}\n" for name in devices), encoding="utf-8")
-                skipped += len(devices)
-            _extract(root, layer, as_root=as_root, skip=skip)
-            done += size
-            progress("unpack", done, total)
+    wanted = set(order)
+    applier = _Applier(root, order, as_root=as_root, progress=progress)
+    applier.start()
+    received = [0]
+
+    def counted(size: int) -> None:
+        received[0] += size
+        progress("export", received[0], max(total, received[0]))
+
+    try:
+        stream = io.BufferedReader(_Chunks(chunks, counted), buffer_size=_CHUNK)
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for number, member in enumerate(archive):
+                if applier.error is not None:
+                    break
+                if not member.isfile() or not (
+                    member.name.endswith("/layer.tar") or member.name.startswith("blobs/")
+                ):
+                    continue
+                source = archive.extractfile(member)
+                if source is None:
+                    continue
+                target = spool / f"{number}.tar"
+                digest = hashlib.sha256()
+                with target.open("wb") as sink:
+                    while block := source.read(_CHUNK):
+                        digest.update(block)
+                        sink.write(block)
+                diff_id = f"sha256:{digest.hexdigest()}"
+                if diff_id in wanted:
+                    applier.offer(diff_id, target)
+                else:
+                    target.unlink()  # a configuration or manifest blob
+        applier.finish()
+        applier.wait()
+    except BaseException:
+        applier.finish(stop=True)
+        applier.join()  # a killed tar ends at once; nothing may write into the tree after this
+        raise
+    if applier.error is not None:
+        raise applier.error
     root.chmod(0o755)
     if as_root:
         os.chown(root, 0, 0)
     os.utime(root, ns=(epoch * 10**9, epoch * 10**9))
+    return applier.skipped
+
+
+def flatten(  # noqa: PLR0913 - keyword-only settings
+    client: DockerClient,
+    image_id: str,
+    root: Path,
+    *,
+    spool: Path,
+    epoch: int,
+    progress: Callable[[str, int, int], None],
+) -> Flattened:
+    """The image's flat root filesystem in ``root``, from the engine's archive as it streams."""
+    attrs = client.api.inspect_image(image_id)
+    order = list((attrs.get("RootFS") or {}).get("Layers") or [])
+    if not order:
+        raise RootfsError(f"the engine reports no layers for {image_id}")
+    skipped = flatten_stream(
+        client.api.get_image(image_id, chunk_size=_CHUNK),
+        order,
+        root,
+        spool=spool,
+        epoch=epoch,
+        progress=progress,
+        total=int(attrs.get("Size") or 0),
+    )
+    config = {"architecture": attrs.get("Architecture"), "config": attrs.get("Config") or {}}
     return Flattened(
-        config=config, layers=len(layers), owned_by_root=as_root, skipped_devices=skipped
+        config=config, layers=len(order), owned_by_root=os.geteuid() == 0, skipped_devices=skipped
     )

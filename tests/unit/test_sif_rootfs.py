@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -42,29 +43,47 @@ def _layer(entries: list[tuple[str, str, str]]) -> bytes:
     return buffer.getvalue()
 
 
-def _archive(path: Path, layers: list[bytes], config: dict[str, object]) -> None:
-    names = [f"l{i}/layer.tar" for i in range(len(layers))]
-    manifest = [{"Config": "c.json", "RepoTags": [], "Layers": names}]
-    with tarfile.open(path, "w") as tar:
-        for name, data in [
-            *zip(names, layers, strict=True),
-            ("c.json", json.dumps(config).encode()),
-            ("manifest.json", json.dumps(manifest).encode()),
-        ]:
+def _archive(layers: list[bytes], *, oci: bool = False) -> bytes:
+    """A docker-save archive: classic ``<id>/layer.tar`` entries, or OCI ``blobs/sha256/…``."""
+    buffer = io.BytesIO()
+    config = json.dumps({"architecture": "amd64"}).encode()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        members = [("c.json", config)]
+        for index, data in enumerate(reversed(layers)):  # not in image order on purpose
+            name = f"blobs/sha256/{_diff(data)[7:]}" if oci else f"l{index}/layer.tar"
+            members.append((name, data))
+        members.append(("manifest.json", b"[]"))
+        for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
-def _flatten(tmp_path: Path, layers: list[bytes]) -> tuple[Path, rootfs.Flattened]:
-    archive = tmp_path / "image.tar"
-    _archive(archive, layers, {"architecture": "amd64", "config": {"Env": ["A=1"]}})
-    root = tmp_path / "root"
+def _diff(layer: bytes) -> str:
+    return "sha256:" + hashlib.sha256(layer).hexdigest()
+
+
+def _flatten(tmp_path: Path, layers: list[bytes], *, oci: bool = False) -> tuple[Path, int]:
+    data = _archive(layers, oci=oci)
+    chunks = iter([data[i : i + 1000] for i in range(0, len(data), 1000)])
+    root, spool = tmp_path / "root", tmp_path / "spool"
     root.mkdir(mode=0o700)
+    spool.mkdir()
     seen: list[tuple[str, int, int]] = []
-    flat = rootfs.flatten(archive, root, epoch=EPOCH, progress=lambda *a: seen.append(a))
-    assert seen[-1][1] == seen[-1][2]  # progress ends at 100 %
-    return root, flat
+    skipped = rootfs.flatten_stream(
+        chunks,
+        [_diff(layer) for layer in layers],
+        root,
+        spool=spool,
+        epoch=EPOCH,
+        progress=lambda *a: seen.append(a),
+        total=len(data),
+    )
+    unpacked = [s for s in seen if s[0] == "unpack"]
+    assert unpacked[-1] == ("unpack", len(layers), len(layers))
+    assert list(spool.iterdir()) == []  # every layer file removed once applied
+    return root, skipped
 
 
 def test_whiteouts_opaque_directories_and_type_changes(tmp_path: Path) -> None:
@@ -94,9 +113,8 @@ def test_whiteouts_opaque_directories_and_type_changes(tmp_path: Path) -> None:
             ("d/x", "file", "x"),
         ]
     )
-    root, flat = _flatten(tmp_path, [lower, upper])
-    assert flat.layers == 2
-    assert flat.config["config"] == {"Env": ["A=1"]}
+    root, skipped = _flatten(tmp_path, [lower, upper])
+    assert skipped == 0
     assert (root / "a" / "keep").read_text() == "k"
     assert not (root / "a" / "gone").exists()
     assert not (root / "a" / ".wh.gone").exists()
@@ -130,9 +148,8 @@ def test_device_nodes_are_left_out_without_root(
 ) -> None:
     layer = _layer([("dev", "dir", ""), ("dev/null", "chardev", ""), ("dev/keep", "file", "k")])
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # as an unprivileged caller
-    root, flat = _flatten(tmp_path, [layer])
-    assert flat.skipped_devices == 1
-    assert not flat.owned_by_root
+    root, skipped = _flatten(tmp_path, [layer])
+    assert skipped == 1
     assert not (root / "dev" / "null").exists()
     assert (root / "dev" / "keep").read_text() == "k"
 
@@ -140,6 +157,25 @@ def test_device_nodes_are_left_out_without_root(
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can make device nodes")
 def test_device_nodes_are_kept_as_root(tmp_path: Path) -> None:
     layer = _layer([("dev", "dir", ""), ("dev/null", "chardev", "")])
-    root, flat = _flatten(tmp_path, [layer])
-    assert flat.skipped_devices == 0
+    root, skipped = _flatten(tmp_path, [layer])
+    assert skipped == 0
     assert stat.S_ISCHR((root / "dev" / "null").lstat().st_mode)
+
+
+def test_the_oci_archive_layout_and_a_missing_layer(tmp_path: Path) -> None:
+    first = _layer([("a", "file", "1")])
+    second = _layer([("b", "file", "2")])
+    root, _ = _flatten(tmp_path, [first, second], oci=True)
+    assert (root / "a").read_text() == "1"
+    assert (root / "b").read_text() == "2"
+    other = tmp_path / "other"
+    (other / "root").mkdir(parents=True)
+    with pytest.raises(rootfs.RootfsError, match="lacks sha256:"):
+        rootfs.flatten_stream(
+            iter([_archive([first])]),
+            [_diff(first), _diff(second)],
+            other / "root",
+            spool=other,
+            epoch=EPOCH,
+            progress=lambda *_: None,
+        )
