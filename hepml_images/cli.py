@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -699,6 +700,8 @@ class _StepProgress:
             self.bar.stop()
 
     def __call__(self, step: str, done: int, total: int) -> None:
+        if _TERMINATED.is_set():
+            raise KeyboardInterrupt
         if self.bar is not None:
             if step not in self.tasks:
                 self.tasks[step] = self.bar.add_task(f"{self.what}: {step}", total=total or None)
@@ -1091,8 +1094,14 @@ def ci_generate(
     )
 
 
+#: set by SIGTERM: long steps check it too, in case the KeyboardInterrupt was swallowed (an
+#: exception raised while Python runs a finalizer, say, is only printed)
+_TERMINATED = threading.Event()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     del signum, frame
+    _TERMINATED.set()
     raise KeyboardInterrupt
 
 
