@@ -24,7 +24,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from hepml_images import __version__, grid, oras, provenance
+from hepml_images import __version__, grid, provenance
 from hepml_images import inspect as image_inspect
 from hepml_images.build.ca import CA_ENV, CaServer, bridge_gateway, read_bundle
 from hepml_images.build.graph import Builder, Outcome, State, up_to_date
@@ -800,6 +800,8 @@ def _push_sifs(
 
     An immutable tag that holds another SIF is left alone (reported) unless ``force``.
     """
+    from hepml_images import oras  # noqa: PLC0415 - requests is loaded only to push SIFs
+
     table = Table(title="publish SIF (ORAS)")
     for column in ("image", "reference", "result", "digest"):
         table.add_column(column, overflow="fold")

@@ -22,7 +22,15 @@ import yaml
 
 from hepml_images.errors import HepmlError, UsageError
 from hepml_images.provenance import DEFAULT_EPOCH, OCI
-from hepml_images.publish import content_tag, gate, planned_tags, registry_of, repositories, stamp
+from hepml_images.publish import (
+    content_tag,
+    gate,
+    is_loopback,
+    planned_tags,
+    registry_of,
+    repositories,
+    stamp,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -125,11 +133,6 @@ def published(
     return entries
 
 
-def _scheme(registry: str) -> str:
-    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-    return "http" if host in {"localhost", "::1"} or host.startswith("127.") else "https"
-
-
 def wishlist(
     entries: Sequence[WishlistEntry],
     *,
@@ -145,7 +148,9 @@ def wishlist(
         path = entry.repository.removeprefix(f"{registry}/")
         if registry == "docker.io" and "/" not in path:
             path = f"library/{path}"
-        inputs.append(f"{_scheme(registry)}://{host}/{path}:{entry.tag}@{entry.digest}")
+        inputs.append(
+            f"{'http' if is_loopback(registry) else 'https'}://{host}/{path}:{entry.tag}@{entry.digest}"
+        )
     document = {
         "version": 1,
         "user": user,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepml_images.errors import HepmlError, UsageError
-from hepml_images.publish import credentials, registry_of
+from hepml_images.publish import credentials, is_loopback, registry_of
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -95,11 +95,6 @@ def sif_file(path: Path) -> ImageInfo:
     )
 
 
-def _loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name in {"localhost", "::1"} or name.startswith("127.")
-
-
 def remote(reference: str) -> ImageInfo:
     """The image in its registry: manifest and config, no layers."""
     skopeo = shutil.which("skopeo")
@@ -110,7 +105,7 @@ def remote(reference: str) -> ImageInfo:
         )
     registry = registry_of(reference)
     argv = [skopeo, "inspect", f"docker://{reference}"]
-    if _loopback(registry):
+    if is_loopback(registry):
         argv.insert(2, "--tls-verify=false")
     auth = credentials(registry)
     with tempfile.TemporaryDirectory(prefix="hepml-auth-") as tmp:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -60,6 +59,7 @@ from hepml_images.publish import (
     USER_ENV,
     PublishError,
     classify,
+    is_loopback,
     registry_of,
     retrying,
 )
@@ -184,24 +184,6 @@ def parse_reference(text: str) -> Reference:
     if tag is None and not digest:
         tag = DEFAULT_TAG
     return Reference(registry, repository, tag, digest or None)
-
-
-def host_name(registry: str) -> str:
-    """The host of ``HOST[:PORT]`` (brackets of an IPv6 address removed)."""
-    if registry.startswith("["):
-        return registry[1 : registry.find("]")]
-    return registry.split(":", 1)[0]
-
-
-def is_loopback(registry: str) -> bool:
-    """Whether ``HOST[:PORT]`` is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
-    host = host_name(registry)
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def file_digest(path: Path) -> tuple[str, int]:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
@@ -85,6 +86,24 @@ def registry_of(repository: str) -> str:
     if "/" in repository and ("." in first or ":" in first or first == "localhost"):
         return first
     return "docker.io"
+
+
+def host_name(registry: str) -> str:
+    """The host of ``HOST[:PORT]`` (brackets of an IPv6 address removed)."""
+    if registry.startswith("["):
+        return registry[1 : registry.find("]")]
+    return registry.split(":", 1)[0]
+
+
+def is_loopback(registry: str) -> bool:
+    """Whether ``HOST[:PORT]`` is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    host = host_name(registry)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def repositories(variant: ResolvedVariant, registry: str | None) -> list[str]:

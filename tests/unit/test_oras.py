@@ -102,7 +102,7 @@ def test_invalid_references_are_refused_with_a_hint(text: str, problem: str) -> 
     ],
 )
 def test_loopback_registries(registry: str, loopback: bool) -> None:
-    assert oras.is_loopback(registry) is loopback
+    assert publish.is_loopback(registry) is loopback
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_plain_http_only_for_loopback_unless_told(
     with oras._Client(ref, None, plain_http=plain_http) as client:
         assert client.base == f"{scheme}://{ref.api_host}/v2/x"
         # the loopback registry is never reached through a proxy from the environment
-        assert client.session.trust_env is not oras.is_loopback(ref.registry)
+        assert client.session.trust_env is not publish.is_loopback(ref.registry)
 
 
 def test_empty_config_is_apptainers() -> None:
