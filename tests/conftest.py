@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +28,14 @@ def in_ci() -> bool:
 
 
 def require_tool(name: str) -> str:
-    """Path of a command-line tool; skip (or fail under CI=true) when it is missing."""
-    path = shutil.which(name)
+    """Path of a command-line tool; skip (or fail under CI=true) when it is missing.
+
+    Tools of the test dependency group (hadolint, actionlint, check-jsonschema) are installed
+    beside this Python, in the virtual environment's ``bin``: that directory is searched first,
+    because ``.venv/bin/python -m pytest`` runs with a PATH that need not contain it.
+    """
+    beside = Path(sys.executable).parent
+    path = shutil.which(name, path=os.pathsep.join([str(beside), os.environ.get("PATH", "")]))
     if path is None:
         message = f"{name} is not installed"
         if in_ci():

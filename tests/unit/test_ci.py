@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -265,12 +264,6 @@ def test_unknown_provider_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 # --- the real validators --------------------------------------------------------------------
 
 
-def _venv_tool(name: str) -> str:
-    """A tool installed beside this Python (the test dependency group), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else require_tool(name)
-
-
 def _check(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, f"{shlex.join(argv)}:\n{result.stdout}\n{result.stderr}"
@@ -281,13 +274,13 @@ def _check(argv: list[str]) -> None:
     [("gitlab", "vendor.gitlab-ci"), ("github", "vendor.github-workflows")],
 )
 def test_the_schema_accepts_the_pipeline(provider: str, schema: str, tmp_path: Path) -> None:
-    tool = _venv_tool("check-jsonschema")
+    tool = require_tool("check-jsonschema")
     _generate(provider, tmp_path)
     _check([tool, "--builtin-schema", schema, str(tmp_path / provider / "pipeline.yml")])
 
 
 def test_actionlint_accepts_the_workflow(tmp_path: Path) -> None:
-    tool = _venv_tool("actionlint")
+    tool = require_tool("actionlint")
     _generate("github", tmp_path)
     _check([tool, "-no-color", str(tmp_path / "github" / "pipeline.yml")])
 
