@@ -10,8 +10,9 @@ Usage: python -m bench.image_size   (builds the default environment first if nee
 
 from __future__ import annotations
 
+import docker
+
 from bench.common import hepml, timed
-from hepml_images.engine import connect
 from hepml_images.pipeline import DEFAULT_SELECTION, DEFAULT_SPECS, resolve_specs
 
 
@@ -19,7 +20,7 @@ def main() -> None:
     """Print image size, visible size, their ratio and the biggest layers."""
     timed(hepml("build", "--no-test"))
     variant = resolve_specs(list(DEFAULT_SPECS), list(DEFAULT_SELECTION)).selected[0]
-    client = connect()
+    client = docker.from_env(timeout=600)
     image = client.images.get(variant.content_ref)
     image_id = str(image.id)
     size = int(image.attrs["Size"])

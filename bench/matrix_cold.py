@@ -15,6 +15,8 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+import docker
+
 from bench.common import HOST_CA, hepml, timed
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.engine import connect
@@ -46,7 +48,7 @@ env:
 
 
 def _remove(prefixes: tuple[str, ...]) -> None:
-    client = connect()
+    client = docker.from_env(timeout=600)
     for image in client.api.images():
         for tag in image.get("RepoTags") or []:
             if tag.startswith(prefixes):

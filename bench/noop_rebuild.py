@@ -37,7 +37,6 @@ def main() -> None:
     args += [f"--variant={s}" for s in selection]
     timed(hepml(*args))  # make sure everything is built
     variants = list(dict.fromkeys(v for s in resolution.selected for v in lineage(s)))
-    client = connect()
     bundle = read_bundle(HOST_CA) if HOST_CA.exists() else None
     with tempfile.TemporaryDirectory(prefix="hepml-bench-") as tmp:
         dirs = []
@@ -65,7 +64,7 @@ def main() -> None:
         ca_args: list[str] = []
         server = None
         if bundle is not None:
-            server = CaServer(bundle, bridge_gateway(client)).__enter__()
+            server = CaServer(bundle, bridge_gateway(connect())).__enter__()
             ca_args = ["--build-arg", f"HEPML_CA_URL={server.url}"]
         docker_times = []
         ours = []

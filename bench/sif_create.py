@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import docker
+
 from bench.common import env, hepml, timed
-from hepml_images.engine import connect
 from hepml_images.pipeline import DEFAULT_SELECTION, DEFAULT_SPECS, resolve_specs
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     """Print time and size of the three ways and the ratios."""
     timed(hepml("build"))
     variant = resolve_specs(list(DEFAULT_SPECS), list(DEFAULT_SELECTION)).selected[0]
-    client = connect()
+    client = docker.from_env(timeout=600)
     image_id = str(client.images.get(variant.content_ref).id)
     container = client.containers.create(image_id, command=["true"])
     work = Path(tempfile.mkdtemp(prefix="hepml-bench-sif-", dir=Path.cwd()))

@@ -1,10 +1,10 @@
 """What this machine has for building, testing and publishing images: ``hepml-images doctor``.
 
-Two halves. The probes (``probe_*`` and ``gather``) touch the machine: the Docker Engine through
-the ``docker`` SDK, ``PATH``, ``nvidia-smi`` and ``/proc``, the Docker client configuration; they
-return frozen records of plain facts and never raise for a missing thing. ``evaluate`` is pure:
-it turns those records into one ``Check`` per name in ``CHECK_NAMES`` with a status, a detail
-line, a hint when the status is not ok, and JSON-able data; unit tests feed it fake records.
+Two halves. The probes (``probe_*`` and ``gather``) touch the machine: the Docker Engine (through
+``hepml_images.engine``), ``PATH``, ``nvidia-smi`` and ``/proc``, the Docker client configuration;
+they return frozen records of plain facts and never raise for a missing thing. ``evaluate`` is pure:
+it turns those records into one ``Check`` per name in ``CHECK_NAMES`` with a status, a detail line,
+a hint when the status is not ok, and JSON-able data; unit tests feed it fake records.
 
 Secrets stay inside the credentials probe: it returns registry names and where their credentials
 come from (the config file, a credential helper, the environment), never a user name, a password,
@@ -19,14 +19,15 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hepml_images import engine
 from hepml_images.errors import UsageError
+from hepml_images.registry import PASSWORD_ENV, USER_ENV, docker_config_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -56,9 +57,7 @@ CHECK_NAMES: tuple[str, ...] = (
 ALWAYS_REQUIRED: frozenset[str] = frozenset({"engine"})
 """Checks that fail ``doctor`` whatever ``--require`` says: nothing builds without an engine."""
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-USER_ENV = "HEPML_REGISTRY_USER"
-PASSWORD_ENV = "HEPML_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
+DEFAULT_DOCKER_HOST = engine.DEFAULT_HOST
 
 # The tools looked up on PATH, with the arguments that print their version cheaply. The first
 # name found wins (apptainer was singularity before it joined the Linux Foundation).
@@ -639,33 +638,12 @@ def credentials_from_config(
 
 def probe_engine(timeout: int = PROBE_TIMEOUT_S) -> EngineProbe:
     """Ask the Docker Engine for its version and runtimes; an unreachable engine is a result."""
-    # Imported here: the SDK pulls in requests and urllib3, which the other commands never need.
-    import docker  # noqa: PLC0415
-    import docker.errors  # noqa: PLC0415
-
     from_env = os.environ.get("DOCKER_HOST")
     host = from_env or DEFAULT_DOCKER_HOST
-    refused = _unix_socket_error(host, timeout)
-    if refused is not None:
-        return EngineProbe(host=host, host_from_env=bool(from_env), reachable=False, error=refused)
-    try:
-        client = docker.from_env(timeout=timeout)
-    except (docker.errors.DockerException, OSError) as exc:
-        return EngineProbe(
-            host=host, host_from_env=bool(from_env), reachable=False, error=_one_line(exc)
-        )
-    try:
-        version = client.version()
-        try:
-            info = client.info()
-        except (docker.errors.DockerException, OSError):
-            info = {}
-    except (docker.errors.DockerException, OSError) as exc:
-        return EngineProbe(
-            host=host, host_from_env=bool(from_env), reachable=False, error=_one_line(exc)
-        )
-    finally:
-        client.close()
+    answer = engine.query(timeout)
+    if isinstance(answer, str):
+        return EngineProbe(host=host, host_from_env=bool(from_env), reachable=False, error=answer)
+    version, info = answer
     runtimes = info.get("Runtimes")
     return EngineProbe(
         host=host,
@@ -756,13 +734,6 @@ def probe_tools(names: Iterable[str] = TOOL_VERSION_ARGS) -> dict[str, ToolProbe
     return tools
 
 
-def docker_config_path(env: Mapping[str, str]) -> Path:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
-    if env.get("DOCKER_CONFIG"):
-        return Path(env["DOCKER_CONFIG"]) / "config.json"
-    return Path.home() / ".docker" / "config.json"
-
-
 def probe_credentials(env: Mapping[str, str] | None = None) -> CredentialsProbe:
     """Registries with credentials in the Docker config and the environment (no secrets)."""
     env = os.environ if env is None else env
@@ -833,29 +804,6 @@ def _run(argv: list[str], *, merge_stderr: bool = False) -> str | _Failed:
         why = said[0] if said else f"exit status {done.returncode}"
         return _Failed(f"{Path(argv[0]).name} failed: {why}")
     return done.stdout
-
-
-def _unix_socket_error(host: str, timeout: int) -> str | None:
-    """Why a ``unix://`` socket does not accept, or None (also None for other schemes).
-
-    Tried before the SDK, whose Unix transport leaks its socket when the connect fails, and
-    whose message then wraps the plain reason (no such file, permission denied) in noise.
-    """
-    if not host.startswith("unix://"):
-        return None
-    path = host.removeprefix("unix://")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(timeout)
-            probe.connect(path)
-    except OSError as exc:
-        return f"{path}: {exc.strerror or _one_line(exc)}"
-    return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def _str_or_none(value: object) -> str | None:

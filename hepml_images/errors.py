@@ -94,3 +94,13 @@ class Interrupted(HepmlError):  # noqa: N818 - reads as the sentence it reports
     """Ctrl-C or SIGTERM: work was cancelled and cleaned up."""
 
     exit_code = 130
+
+
+class BuildError(HepmlError):
+    """One image failed to build; ``message`` says why in one line."""
+
+
+class Cancelled(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """A running step was cancelled (Ctrl-C / SIGTERM)."""
+
+    exit_code = 130

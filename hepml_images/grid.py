@@ -8,38 +8,30 @@ publication of SIF files (``oras``) and DUCC wishlists for CVMFS. What is decide
 - the epoch every time inside the SIF takes: ``SOURCE_DATE_EPOCH`` when set, else the image's
   ``org.opencontainers.image.created`` (itself the epoch or the commit time), so the same image
   gives the same bytes;
-- SIF tags: each image tag with ``-sif`` appended, in the image's repository;
+- SIF tags: each image tag with ``-sif`` appended, in the image's repository
+  (``publish.sif_references``, under the same tag policy as images);
 - DUCC wishlist entries pinned by the registry's manifest digest, with the content tag.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import yaml
 
 from hepml_images.errors import HepmlError, UsageError
 from hepml_images.provenance import DEFAULT_EPOCH, OCI
-from hepml_images.publish import (
-    content_tag,
-    gate,
-    is_loopback,
-    planned_tags,
-    registry_of,
-    repositories,
-    stamp,
-)
+from hepml_images.publish import content_tag, gate, repositories, stamp
+from hepml_images.registry import is_loopback, registry_of
+from hepml_images.times import parse_rfc3339, source_date_epoch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
 
-SIF_SUFFIX = "-sif"
 DUCC_REPO = "unpacked.cern.ch"
 DUCC_OUTPUT_FORMAT = "$(scheme)://$(registry)/thin/$(image)"
 
@@ -54,7 +46,7 @@ def sif_filename(variant: ResolvedVariant) -> str:
 
 
 def tested_image(
-    client: DockerClient, variant: ResolvedVariant, image_id: str, *, allow_untested: bool
+    engine: Engine, variant: ResolvedVariant, image_id: str, *, allow_untested: bool
 ) -> tuple[str, str]:
     """The reference and ID of the image to convert: the tested one, stamped with its result."""
     why = gate(image_id)
@@ -65,37 +57,16 @@ def tested_image(
                 hint="grid images are made from tested images; --allow-untested overrides",
             )
         return variant.content_ref, image_id
-    return f"{variant.content_ref}-tested", stamp(client, variant, image_id)
+    return f"{variant.content_ref}-tested", stamp(engine, variant, image_id)
 
 
 def epoch_for(labels: Mapping[str, str], environ: Mapping[str, str]) -> int:
     """The time recorded in the SIF: SOURCE_DATE_EPOCH, else when the image says it was made."""
-    raw = environ.get("SOURCE_DATE_EPOCH")
-    if raw is not None:
-        if not raw.isdigit():
-            raise UsageError(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds")
-        return int(raw)
-    created = labels.get(f"{OCI}.created")
-    if created:
-        try:
-            when = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        except ValueError:
-            return DEFAULT_EPOCH
-        return int(when.timestamp())
-    return DEFAULT_EPOCH
-
-
-def sif_references(variant: ResolvedVariant, registry: str | None) -> list[tuple[str, bool]]:
-    """Where the SIF goes: ``REPOSITORY:<tag>-sif`` for the content tag and every other tag.
-
-    Each comes with whether it is immutable (the content tag and the spec's immutable tags).
-    """
-    first, others, immutable = planned_tags(variant)
-    return [
-        (f"{repository}:{tag}{SIF_SUFFIX}", tag == first or tag in immutable)
-        for repository in repositories(variant, registry)
-        for tag in (first, *others)
-    ]
+    epoch = source_date_epoch(environ)
+    if epoch is not None:
+        return epoch
+    created = parse_rfc3339(labels.get(f"{OCI}.created") or "")
+    return DEFAULT_EPOCH if created is None else created
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from hepml_images import __version__
+from hepml_images.times import source_date_epoch
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -74,10 +75,8 @@ def origin(spec_file: Path, environ: Mapping[str, str] | None = None) -> Origin:
     env = os.environ if environ is None else environ
     directory = spec_file.resolve().parent
     revision = _git(directory, "rev-parse", "HEAD")
-    raw_epoch = env.get("SOURCE_DATE_EPOCH")
-    if raw_epoch is not None and raw_epoch.isdigit():
-        epoch = int(raw_epoch)
-    else:
+    epoch = source_date_epoch(env)
+    if epoch is None:
         commit_time = _git(directory, "log", "-1", "--format=%ct") if revision else None
         epoch = int(commit_time) if commit_time and commit_time.isdigit() else DEFAULT_EPOCH
     remote = _git(directory, "remote", "get-url", "origin") if revision else None

@@ -1,109 +1,73 @@
-"""Push tested images to OCI registries under their tags, safely.
+"""Push tested images (and their SIF files) to OCI registries under their tags, safely.
 
-- Only an image with a passing smoke-test result for its exact ID is pushed.
-- The content-digest tag goes first; its manifest digest is what every other tag must end up
-  pointing at. An immutable tag that already points elsewhere is refused unless ``force``.
-- Errors inside the push stream are errors (docker-py does not raise on them); transient ones
-  (registry down, 5xx, connection reset) are retried with backoff, authentication failures are
-  reported at once with the registry's name.
-- Credentials come from the Docker config / credential helpers (the SDK reads them) or from
-  ``HEPML_REGISTRY_USER`` / ``HEPML_REGISTRY_PASSWORD``; they are never printed or stored.
+- **The gate**: only an image with a passing smoke-test result for its exact ID is published.
+- **Tags**: the content-digest tag goes first; its manifest digest is what every other tag must
+  end up pointing at. Each tag then follows ``registry.tag_action``: left alone when it already
+  points there, pushed when absent, moved when mutable, refused when immutable (unless
+  ``force``). SIF artifacts follow the same rule under ``<tag>-sif``, the content tag counting
+  as immutable.
+- **Faults**: the engine's push errors are errors; transient ones are retried with backoff
+  (``registry.retrying``), authentication failures are reported at once with the registry's
+  name. Credentials come from ``registry.credentials`` and go only to the engine's push request
+  and the registry API; they are never printed or stored.
 """
 
 from __future__ import annotations
 
-import io
-import ipaddress
-import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
+from hepml_images.engine import EngineError
 from hepml_images.errors import HepmlError, UsageError
+from hepml_images.hashing import sha256_digest
+from hepml_images.registry import (
+    REGISTRY_ENV,
+    Credentials,
+    Kind,
+    RegistryError,
+    TagAction,
+    auth_hint,
+    credentials,
+    kind_of_engine_error,
+    registry_of,
+    retrying,
+    tag_action,
+)
 from hepml_images.smoke import session
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
+    from hepml_images.sif.make import Made
 
-T = TypeVar("T")
-USER_ENV = "HEPML_REGISTRY_USER"
-PASSWORD_ENV = "HEPML_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
-REGISTRY_ENV = "HEPML_REGISTRY"
-#: Waits between attempts of a transient failure (seconds): five attempts in about 15 s.
-BACKOFF = (1.0, 2.0, 4.0, 8.0)
-
-_AUTH = ("unauthorized", "authentication required", "no basic auth credentials", "denied")
-_TRANSIENT = (
-    "connection refused",
-    "connection reset",
-    "eof",
-    "i/o timeout",
-    "timeout",
-    "502 bad gateway",
-    "503 service unavailable",
-    "504 gateway",
-    "500 internal server error",
-    "received unexpected http status: 5",
-    "no such host",
-    "tls handshake",
+#: Labels the published image adds to the tested one: its smoke-test result.
+SMOKE_LABELS = (
+    "io.hepml.smoke.result",
+    "io.hepml.smoke.image",
+    "io.hepml.smoke.checks",
+    "io.hepml.smoke.finished",
 )
+SIF_SUFFIX = "-sif"
 
 
-class PublishError(HepmlError):
-    """A push failed; ``kind`` is ``auth``, ``transient`` or ``other``."""
-
-    def __init__(self, message: str, *, kind: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.kind = kind
+class PublishFailed(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """Something was refused or failed to push (the table says what)."""
 
 
-def classify(message: str) -> str:
-    """``auth``, ``transient`` or ``other`` for an engine/registry error text."""
-    text = message.lower()
-    if any(word in text for word in _AUTH):
-        return "auth"
-    if any(word in text for word in _TRANSIENT):
-        return "transient"
-    return "other"
-
-
-def credentials(registry: str) -> dict[str, str] | None:
-    """Credentials from the environment for ``registry``; None lets the SDK use Docker's."""
-    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-    if user and password:
-        return {"username": user, "password": password, "serveraddress": registry}
+def gate(image_id: str) -> str | None:
+    """Why an image may not be published or converted (None when it may)."""
+    result = session.load_result(image_id)
+    if result is None:
+        return "it has no smoke-test result (run `hepml-images test` or build without --no-test)"
+    if not result.get("passed"):
+        failed = [c["name"] for c in result.get("checks", []) if c.get("status") == "failed"]
+        return "its smoke tests failed: " + (", ".join(failed) or "see `hepml-images test`")
     return None
-
-
-def registry_of(repository: str) -> str:
-    """The registry host of a repository reference (Docker Hub when it has none)."""
-    first = repository.split("/", 1)[0]
-    if "/" in repository and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
-def host_name(registry: str) -> str:
-    """The host of ``HOST[:PORT]`` (brackets of an IPv6 address removed)."""
-    if registry.startswith("["):
-        return registry[1 : registry.find("]")]
-    return registry.split(":", 1)[0]
-
-
-def is_loopback(registry: str) -> bool:
-    """Whether ``HOST[:PORT]`` is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
-    host = host_name(registry)
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def repositories(variant: ResolvedVariant, registry: str | None) -> list[str]:
@@ -123,30 +87,37 @@ def content_tag(variant: ResolvedVariant) -> str:
     return variant.content_ref.rsplit(":", 1)[1]
 
 
-#: Labels the published image adds to the tested one: its smoke-test result.
-SMOKE_LABELS = (
-    "io.hepml.smoke.result",
-    "io.hepml.smoke.image",
-    "io.hepml.smoke.checks",
-    "io.hepml.smoke.finished",
-)
+def planned_tags(variant: ResolvedVariant) -> tuple[str, list[str], set[str]]:
+    """The content tag, then the other tags (immutable first), and the immutable set."""
+    immutable = set(variant.immutable_tags)
+    others = list(dict.fromkeys((*variant.immutable_tags, *variant.publish_tags)))
+    first = content_tag(variant)
+    return first, [t for t in others if t != first], immutable
 
 
-def stamp(client: DockerClient, variant: ResolvedVariant, image_id: str) -> str:
+def sif_references(variant: ResolvedVariant, registry: str | None) -> list[tuple[str, bool]]:
+    """Where the SIF goes: ``REPOSITORY:<tag>-sif`` for the content tag and every other tag.
+
+    Each comes with whether it is immutable (the content tag and the spec's immutable tags).
+    """
+    first, others, immutable = planned_tags(variant)
+    return [
+        (f"{repository}:{tag}{SIF_SUFFIX}", tag == first or tag in immutable)
+        for repository in repositories(variant, registry)
+        for tag in (first, *others)
+    ]
+
+
+def stamp(engine: Engine, variant: ResolvedVariant, image_id: str) -> str:
     """The image that is published: the tested one plus labels with its smoke-test result.
 
     Only the configuration differs (no layer is added). It is made once per tested image and
     kept as ``<content ref>-tested``, so publishing again pushes the same manifest.
     """
-    from docker.errors import ImageNotFound  # noqa: PLC0415
-
     ref = f"{variant.content_ref}-tested"
-    try:
-        attrs = client.api.inspect_image(ref)
-        if (attrs.get("Config") or {}).get("Labels", {}).get("io.hepml.smoke.image") == image_id:
-            return str(attrs["Id"])
-    except ImageNotFound:
-        pass
+    found = engine.image(ref)
+    if found is not None and found.labels.get("io.hepml.smoke.image") == image_id:
+        return found.id
     result = session.load_result(image_id) or {}
     checks = result.get("checks", [])
     counts = {s: sum(1 for c in checks if c.get("status") == s) for s in ("passed", "skipped")}
@@ -156,37 +127,10 @@ def stamp(client: DockerClient, variant: ResolvedVariant, image_id: str) -> str:
         "io.hepml.smoke.checks": f"{counts['passed']} passed, {counts['skipped']} skipped",
         "io.hepml.smoke.finished": str(result.get("finished", "")),
     }
-    dockerfile = f"FROM {image_id}\n".encode()
-    built = None
-    for chunk in client.api.build(
-        fileobj=io.BytesIO(dockerfile),
-        tag=ref,
-        labels=labels,
-        rm=True,
-        forcerm=True,
-        pull=False,
-        decode=True,
-    ):
-        error = _stream_error(chunk)
-        if error is not None:
-            raise PublishError(f"labelling {variant.content_ref} failed: {error}", kind="other")
-        aux = chunk.get("aux")
-        if isinstance(aux, dict) and aux.get("ID"):
-            built = str(aux["ID"])
-    if built is None:
-        raise PublishError(f"labelling {variant.content_ref} gave no image", kind="other")
-    return built
-
-
-def gate(image_id: str) -> str | None:
-    """Why an image may not be published (None when it may)."""
-    result = session.load_result(image_id)
-    if result is None:
-        return "it has no smoke-test result (run `hepml-images test` or build without --no-test)"
-    if not result.get("passed"):
-        failed = [c["name"] for c in result.get("checks", []) if c.get("status") == "failed"]
-        return "its smoke tests failed: " + (", ".join(failed) or "see `hepml-images test`")
-    return None
+    try:
+        return engine.relabel(image_id, labels, ref)
+    except EngineError as exc:
+        raise RegistryError(f"labelling {variant.content_ref} failed: {exc.message}") from None
 
 
 @dataclass
@@ -213,98 +157,48 @@ class Published:
     hint: str | None = None
 
 
-def _stream_error(chunk: dict[str, object]) -> str | None:
-    error = chunk.get("error")
-    detail = chunk.get("errorDetail")
-    if error is None and isinstance(detail, dict):
-        error = detail.get("message")
-    return None if error is None else str(error)
+def push_tag(engine: Engine, repository: str, tag: str, auth: Credentials | None) -> str:
+    """Push one tag through the engine; the manifest digest the registry stored.
+
+    The engine's failure becomes a ``RegistryError`` of the right kind (retried or not).
+    """
+    registry = registry_of(repository)
+    try:
+        return engine.push(
+            repository, tag, auth.auth_config(registry) if auth is not None else None
+        )
+    except EngineError as exc:
+        kind = kind_of_engine_error(exc)
+        if kind is Kind.AUTH:
+            raise RegistryError(
+                f"{registry} refused the credentials: {exc.message}",
+                kind=kind,
+                hint=auth_hint(registry),
+            ) from None
+        raise RegistryError(f"{registry}: {exc.message}", kind=kind) from None
 
 
-def retrying(
-    action: Callable[[], T],
+def current_digests(
+    repository: str,
+    tags: Sequence[str],
+    auth: Credentials | None,
+    *,
     note: Callable[[str], None],
     sleep: Callable[[float], None],
-) -> T:
-    """Run ``action``; on a transient failure wait and try again, up to ``len(BACKOFF)`` times."""
-    for attempt, delay in enumerate(BACKOFF, start=1):
-        try:
-            return action()
-        except PublishError as exc:  # noqa: PERF203 - a retry loop
-            if exc.kind != "transient":
-                raise
-            note(f"{exc.message} — retrying in {delay:.0f} s (attempt {attempt})")
-            sleep(delay)
-    return action()
+) -> dict[str, str | None]:
+    """The manifest digest each tag points at now (None: absent), read over the registry API."""
+    from hepml_images.registry.http import open_client  # noqa: PLC0415 - requests is heavy
 
-
-def _raise_for(message: str, registry: str) -> None:
-    kind = classify(message)
-    if kind == "auth":
-        raise PublishError(
-            f"{registry} refused the credentials: {message}",
-            kind=kind,
-            hint=f"`docker login {registry}`, or set {USER_ENV} and {PASSWORD_ENV}",
-        )
-    raise PublishError(f"{registry}: {message}", kind=kind)
-
-
-def push_tag(client: DockerClient, repository: str, tag: str, auth: dict[str, str] | None) -> str:
-    """Push one tag; return the manifest digest the registry stored."""
-    from docker.errors import APIError  # noqa: PLC0415
-
-    registry = registry_of(repository)
-    digest = None
-    try:
-        for chunk in client.api.push(
-            repository, tag=tag, stream=True, decode=True, auth_config=auth
-        ):
-            error = _stream_error(chunk)
-            if error is not None:
-                _raise_for(error, registry)
-            aux = chunk.get("aux")
-            if isinstance(aux, dict) and aux.get("Digest"):
-                digest = str(aux["Digest"])
-    except APIError as exc:
-        _raise_for(str(exc.explanation or exc), registry)
-    except OSError as exc:  # the engine's connection itself
-        raise PublishError(f"{registry}: {exc}", kind="transient") from exc
-    if digest is None:
-        raise PublishError(
-            f"{registry}: the push of {repository}:{tag} reported no digest", kind="transient"
-        )
-    return digest
-
-
-def remote_digest(
-    client: DockerClient, repository: str, tag: str, auth: dict[str, str] | None
-) -> str | None:
-    """The manifest digest a tag points at in the registry (None: no such tag)."""
-    from docker.errors import APIError, NotFound  # noqa: PLC0415
-
-    registry = registry_of(repository)
-    try:
-        found = client.api.inspect_distribution(f"{repository}:{tag}", auth_config=auth)
-    except NotFound:
-        return None
-    except APIError as exc:
-        message = str(exc.explanation or exc)
-        if "manifest unknown" in message.lower() or "not found" in message.lower():
-            return None
-        _raise_for(message, registry)
-    return str(found["Descriptor"]["digest"])
-
-
-def planned_tags(variant: ResolvedVariant) -> tuple[str, list[str], set[str]]:
-    """The content tag, then the other tags (immutable first), and the immutable set."""
-    immutable = set(variant.immutable_tags)
-    others = list(dict.fromkeys((*variant.immutable_tags, *variant.publish_tags)))
-    first = content_tag(variant)
-    return first, [t for t in others if t != first], immutable
+    current: dict[str, str | None] = {}
+    with open_client(f"{repository}:{tags[0]}", given=auth) as client:
+        for tag in tags:
+            found = retrying(partial(client.get_manifest, missing_ok=True, target=tag), note, sleep)
+            current[tag] = None if found is None else sha256_digest(found[0])
+    return current
 
 
 def publish_one(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient,
+    engine: Engine,
     variant: ResolvedVariant,
     image_id: str,
     repository: str,
@@ -314,20 +208,15 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
     note: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
 ) -> Published:
-    """Publish one variant to one repository (see the module docstring for the rules)."""
-    registry = registry_of(repository)
-    auth = credentials(registry)
+    """Publish one admitted variant to one repository (see the module docstring)."""
     done = Published(variant=variant, image_id=image_id, repository=repository)
     first, others, immutable = planned_tags(variant)
     try:
+        auth = credentials(registry_of(repository))
         if not dry_run:
-            image_id = stamp(client, variant, image_id)
+            image_id = stamp(engine, variant, image_id)
             done.published_id = image_id
-        current: dict[str, str | None] = {}
-        for tag in (first, *others):
-            current[tag] = retrying(
-                partial(remote_digest, client, repository, tag, auth), note, sleep
-            )
+        current = current_digests(repository, [first, *others], auth, note=note, sleep=sleep)
         if dry_run:
             for tag in (first, *others):
                 action = "would push" if current[tag] is None else "would update"
@@ -335,41 +224,42 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
                     action = "exists (immutable)"
                 done.tags.append(TagOutcome(tag, action, current[tag] or ""))
             return done
-        client.api.tag(image_id, repository, first)
-        digest = retrying(partial(push_tag, client, repository, first, auth), note, sleep)
+        engine.tag(image_id, f"{repository}:{first}")
+        digest = retrying(partial(push_tag, engine, repository, first, auth), note, sleep)
         done.manifest = digest
         action = "already there" if current[first] == digest else "pushed"
         done.tags.append(TagOutcome(first, action, digest))
         for tag in others:
-            if current[tag] == digest:
-                done.tags.append(TagOutcome(tag, "already there", digest))
-                continue
-            if tag in immutable and current[tag] is not None and not force:
+            decided = tag_action(current[tag], digest, immutable=tag in immutable, force=force)
+            if decided is TagAction.UP_TO_DATE:
+                done.tags.append(TagOutcome(tag, decided.value, digest))
+            elif decided is TagAction.REFUSE:
                 done.tags.append(
                     TagOutcome(
                         tag,
-                        "refused",
+                        decided.value,
                         f"immutable tag points at {current[tag]}, not {digest}; --force overwrites",
                     )
                 )
-                continue
-            client.api.tag(image_id, repository, tag)
-            pushed = retrying(partial(push_tag, client, repository, tag, auth), note, sleep)
-            done.tags.append(TagOutcome(tag, "pushed" if current[tag] is None else "moved", pushed))
-    except PublishError as exc:
+            else:
+                engine.tag(image_id, f"{repository}:{tag}")
+                pushed = retrying(partial(push_tag, engine, repository, tag, auth), note, sleep)
+                done.tags.append(TagOutcome(tag, decided.value, pushed))
+    except (RegistryError, EngineError) as exc:
         done.error = exc.message
         done.hint = exc.hint
     return done
 
 
 def publish(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient,
+    engine: Engine,
     targets: Sequence[tuple[ResolvedVariant, str]],
     *,
     registry: str | None,
     dry_run: bool,
     force: bool,
     note: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[Published]:
     """Gate every image, then publish the admitted ones; refusals are results, not exceptions."""
     results: list[Published] = []
@@ -388,7 +278,96 @@ def publish(  # noqa: PLR0913 - keyword-only settings
                 continue
             results.append(
                 publish_one(
-                    client, variant, image_id, repository, dry_run=dry_run, force=force, note=note
+                    engine,
+                    variant,
+                    image_id,
+                    repository,
+                    dry_run=dry_run,
+                    force=force,
+                    note=note,
+                    sleep=sleep,
                 )
             )
     return results
+
+
+def failure(results: Sequence[Published]) -> PublishFailed | None:
+    """The error a publication ends with: None when every tag was pushed or already there."""
+    problems = [r for r in results if r.error or any(t.action == "refused" for t in r.tags)]
+    if not problems:
+        return None
+    immutable = any(t.action == "refused" for r in problems for t in r.tags)
+    return PublishFailed(
+        f"{len(problems)} of {len(results)} publications refused or failed (see the table)",
+        hint="--force overwrites an immutable tag; bump the spec version instead if you can"
+        if immutable
+        else None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SifPublished:
+    """One SIF file at one ORAS reference."""
+
+    variant: ResolvedVariant
+    reference: str
+    action: str
+    manifest: str
+    layer: str
+
+
+def publish_sifs(
+    made: Sequence[tuple[ResolvedVariant, Made]],
+    registry: str | None,
+    *,
+    force: bool,
+    note: Callable[[str], None],
+) -> list[SifPublished]:
+    """Push each SIF as an ORAS artifact under ``<tag>-sif`` (see ``sif_references``).
+
+    A tag that holds this very file is left alone; one that holds another file follows
+    ``tag_action`` (an immutable one is refused unless ``force``).
+    """
+    from hepml_images import oras  # noqa: PLC0415 - requests is loaded only to push SIFs
+
+    rows = []
+    for variant, result in made:
+        layer = f"sha256:{result.sha256}"
+        for reference, immutable in sif_references(variant, registry):
+            remote = oras.remote_sif(reference, note=note)
+            held = remote[1] if remote else None
+            decided = tag_action(held, layer, immutable=immutable, force=force)
+            if decided is TagAction.UP_TO_DATE and remote is not None:
+                digest = remote[0]
+            elif decided is TagAction.REFUSE and held is not None:
+                digest = f"immutable tag holds {held[:19]}…"
+            else:
+                pushed = oras.push_sif(
+                    result.path,
+                    reference,
+                    credentials=None,
+                    created=datetime.fromtimestamp(result.epoch, tz=timezone.utc),
+                    note=note,
+                )
+                digest = pushed.manifest_digest
+            rows.append(
+                SifPublished(
+                    variant=variant,
+                    reference=f"oras://{reference}",
+                    action="up to date" if decided is TagAction.UP_TO_DATE else decided.value,
+                    manifest=digest,
+                    layer=layer,
+                )
+            )
+    return rows
+
+
+def sif_failure(rows: Sequence[SifPublished]) -> PublishFailed | None:
+    """The error SIF publication ends with: None unless an immutable tag was refused."""
+    refused = [r.reference for r in rows if r.action == TagAction.REFUSE.value]
+    if not refused:
+        return None
+    return PublishFailed(
+        f"{len(refused)} immutable SIF tags hold another file: {', '.join(refused)}",
+        hint="--force overwrites them; bump the spec version instead if you can",
+    )

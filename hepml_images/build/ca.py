@@ -10,7 +10,6 @@ layer cache keeps working.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from typing import TYPE_CHECKING
@@ -21,8 +20,9 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-    from docker import DockerClient
     from typing_extensions import Self
+
+    from hepml_images.engine import Engine
 
 #: The environment variable that ``--ca-bundle`` defaults to.
 CA_ENV = "HEPML_CA_BUNDLE"
@@ -48,14 +48,9 @@ def read_bundle(path: Path) -> bytes:
     return data
 
 
-def bridge_gateway(client: DockerClient) -> str:
+def bridge_gateway(engine: Engine) -> str:
     """The address build containers reach the host at (the default bridge's gateway)."""
-    with contextlib.suppress(Exception):
-        configs = client.api.inspect_network("bridge")["IPAM"]["Config"] or []
-        for config in configs:
-            if config.get("Gateway"):
-                return str(config["Gateway"])
-    return _DEFAULT_GATEWAY
+    return engine.gateway() or _DEFAULT_GATEWAY
 
 
 class CaServer:

@@ -23,15 +23,14 @@ from hepml_images.build.images import (
     build_dockerfile,
     export_manifest,
 )
-from hepml_images.engine import DIGEST_LABEL
+from hepml_images.engine import DIGEST_LABEL, EngineError
 from hepml_images.render import ir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
 
 _TAIL_LINES = 25
@@ -108,42 +107,37 @@ def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
     return list(seen.values())
 
 
-def up_to_date(client: DockerClient, variant: ResolvedVariant) -> str | None:
+def up_to_date(engine: Engine, variant: ResolvedVariant) -> str | None:
     """The ID of the image already built from this exact content, if any."""
-    found = _existing(client, variant)
+    found = _existing(engine, variant)
     return None if found is None else found[0]
 
 
-def _existing(client: DockerClient, variant: ResolvedVariant) -> tuple[str, list[str]] | None:
-    """ID and tags of the image built from this exact content, if any."""
-    from docker.errors import ImageNotFound  # noqa: PLC0415
+def _existing(engine: Engine, variant: ResolvedVariant) -> tuple[str, tuple[str, ...]] | None:
+    """ID and tags of the image built from this exact content, if any.
 
-    try:
-        attrs = client.api.inspect_image(variant.content_ref)
-    except ImageNotFound:
+    The content tag alone is not proof: the image it names must carry the variant's content
+    digest (a tag can be moved by hand, or left from an older spec).
+    """
+    image = engine.image(variant.content_ref)
+    if image is None or image.labels.get(DIGEST_LABEL) != variant.digest:
         return None
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    if labels.get(DIGEST_LABEL) != variant.digest:
-        return None
-    return str(attrs["Id"]), list(attrs.get("RepoTags") or [])
+    return image.id, image.tags
 
 
-def _tag(
-    client: DockerClient, image_id: str, variant: ResolvedVariant, have: Sequence[str] = ()
-) -> None:
+def _tag(engine: Engine, image_id: str, variant: ResolvedVariant, have: Sequence[str] = ()) -> None:
     for ref in sorted({variant.content_ref, variant.image} - set(have)):
-        repository, tag = ref.rsplit(":", 1)
-        client.api.tag(image_id, repository, tag, force=True)
+        engine.tag(image_id, ref)
 
 
-def _remove_replaced(client: DockerClient, old_id: str | None, new_id: str) -> None:
+def _remove_replaced(engine: Engine, old_id: str | None, new_id: str) -> None:
     """A rebuild leaves the previous image untagged: remove it unless something uses it."""
     if old_id is None or old_id == new_id:
         return
-    with contextlib.suppress(Exception):
-        attrs = client.api.inspect_image(old_id)
-        if not attrs.get("RepoTags"):
-            client.api.remove_image(old_id, noprune=False)
+    old = engine.image(old_id)
+    if old is not None and not old.tags:
+        with contextlib.suppress(EngineError):  # in use (a container, a child image)
+            engine.remove_image(old_id)
 
 
 class Builder:
@@ -151,12 +145,12 @@ class Builder:
 
     def __init__(
         self,
-        client_factory: Callable[[], DockerClient],
+        engine_factory: Callable[[], Engine],
         selected: Sequence[ResolvedVariant],
         options: Options,
         report: Callable[[Outcome], None] = lambda _o: None,
     ) -> None:
-        self.client_factory = client_factory
+        self.engine_factory = engine_factory
         self.options = options
         self.report = report
         self.variants = closure(selected)
@@ -165,7 +159,7 @@ class Builder:
         self.t0 = time.monotonic()
         self._activities: dict[str, Activity] = {}
         self._lock = threading.Lock()
-        self._control = client_factory()
+        self._control = engine_factory()
 
     def _update(self, outcome: Outcome, **changes: object) -> None:
         for key, value in changes.items():
@@ -174,10 +168,9 @@ class Builder:
 
     def _build_one(self, variant: ResolvedVariant) -> None:
         outcome = self.outcomes[variant.key]
-        client = self.client_factory()
-        old_id = None
-        with contextlib.suppress(Exception):
-            old_id = str(client.api.inspect_image(variant.content_ref)["Id"])
+        engine = self.engine_factory()
+        old = engine.image(variant.content_ref)
+        old_id = None if old is None else old.id
         activity = Activity(cancel=self.cancel)
         with self._lock:
             self._activities[variant.key] = activity
@@ -197,17 +190,17 @@ class Builder:
                     else build_dockerfile
                 )
                 image_id = builder(
-                    client,
+                    engine,
                     variant,
                     log=log,
                     progress=progress,
                     activity=activity,
                     **self._extra(variant),
                 )
-            _tag(client, image_id, variant)
-            _remove_replaced(client, old_id, image_id)
+            _tag(engine, image_id, variant)
+            _remove_replaced(engine, old_id, image_id)
             export_manifest(
-                client, image_id, self.options.log_dir / f"{variant.spec}-{variant.slug}"
+                engine, image_id, self.options.log_dir / f"{variant.spec}-{variant.slug}"
             )
         except Cancelled:
             self._finish(outcome, State.CANCELLED, "interrupted")

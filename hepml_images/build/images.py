@@ -6,85 +6,35 @@ behind when they fail or are cancelled: no container, no intermediate image.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
-import threading
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from hepml_images.errors import HepmlError
+from hepml_images.engine import Activity, BuildRequest, EngineError
+from hepml_images.errors import BuildError, Cancelled
+from hepml_images.hashing import sha256_file
 from hepml_images.render import ir, render
 from hepml_images.render.writers import CA_ARG
+from hepml_images.times import rfc3339
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
+
+__all__ = ["Activity", "BuildError", "Cancelled"]
 
 #: The PATH of a bootstrapped image (Docker's default for Linux images).
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
-_RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
-_LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
-
-
-class BuildError(HepmlError):
-    """One image failed to build; ``message`` says why in one line."""
-
-
-class Cancelled(HepmlError):  # noqa: N818 - reads as the sentence it reports
-    """The build was cancelled (Ctrl-C / SIGTERM)."""
-
-    exit_code = 130
-
-
-def _kill(client: DockerClient, container: str) -> None:
-    with contextlib.suppress(Exception):  # it may have finished meanwhile
-        client.api.kill(container)
-
-
-@dataclass
-class Activity:
-    """What one build has running, so that a cancel can stop it from another thread."""
-
-    cancel: threading.Event
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    containers: set[str] = field(default_factory=set)
-    process: subprocess.Popen[bytes] | None = None
-
-    def stop(self, client: DockerClient) -> None:
-        """Kill what is running; the build then fails fast and cleans up after itself."""
-        with self.lock:
-            containers = list(self.containers)
-            process = self.process
-        for container in containers:
-            _kill(client, container)
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-
-    def check(self) -> None:
-        """Raise ``Cancelled`` once a cancel was asked for."""
-        if self.cancel.is_set():
-            raise Cancelled("cancelled")
-
-
-def iso_time(epoch: int) -> str:
-    """RFC 3339 time of a SOURCE_DATE_EPOCH, as image configs write it."""
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _architecture() -> str:
@@ -113,7 +63,7 @@ def image_config(
         config["Cmd"] = list(plan.cmd)
     if plan.entrypoint is not None:
         config["Entrypoint"] = list(plan.entrypoint)
-    created = iso_time(epoch)
+    created = rfc3339(epoch)
     document = {
         "architecture": _architecture(),
         "config": config,
@@ -123,15 +73,6 @@ def image_config(
         "rootfs": {"diff_ids": [diff_id], "type": "layers"},
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_archive(target: Path, rootfs: Path, config: bytes, repo_tags: list[str]) -> str:
@@ -162,7 +103,7 @@ def bootstrap_argv(base: ir.FromBootstrap, rootfs: Path) -> list[str]:
 
 
 def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
-    client: DockerClient,
+    engine: Engine,
     variant: ResolvedVariant,
     *,
     log: IO[str],
@@ -221,16 +162,15 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
         archive = Path(tmp) / "image.tar"
         image_id = write_archive(archive, rootfs, config, [loaded_ref])
         rootfs.unlink()
-        with archive.open("rb") as handle:
-            for chunk in client.api.load_image(handle):
-                log.write(json.dumps(chunk) + "\n")
-                if "error" in chunk:
-                    raise BuildError(f"loading the root filesystem failed: {chunk['error']}")
+        try:
+            engine.load(archive)
+        except EngineError as exc:
+            raise BuildError(f"loading the root filesystem failed: {exc.message}") from None
         log.write(f"loaded {loaded_ref} as {image_id}\n")
     if final_plan is plan:
         return image_id
     return build_dockerfile(  # pragma: no cover - see above
-        client,
+        engine,
         variant,
         final_plan,
         log=log,
@@ -258,24 +198,8 @@ def context_archive(plan: ir.ImagePlan, *, ca_bundle: bool) -> io.BytesIO:
     return buffer
 
 
-def _stream_lines(chunks: Iterator[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(line, chunk) pairs from the build stream; ``stream`` text split into lines."""
-    pending = ""
-    for chunk in chunks:
-        text = chunk.get("stream")
-        if text is None:
-            yield "", chunk
-            continue
-        pending += text
-        *lines, pending = pending.split("\n")
-        for line in lines:
-            yield line, {}
-    if pending:
-        yield pending, {}
-
-
 def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
-    client: DockerClient,
+    engine: Engine,
     variant: ResolvedVariant,
     plan: ir.ImagePlan | None = None,
     *,
@@ -286,111 +210,36 @@ def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
     ca_url: str | None,
     labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Build the rendered Dockerfile; on failure remove the images this build created."""
+    """Build the rendered Dockerfile with the engine's build backend; the image ID."""
     plan = plan or variant.plan
-    context = context_archive(plan, ca_bundle=ca_url is not None)
-    created: list[str] = []
-    cached = False
-    image_id: str | None = None
-    error: str | None = None
-    activity.check()
-    stream = client.api.build(
-        fileobj=context,
-        custom_context=True,
+    request = BuildRequest(
+        context=context_archive(plan, ca_bundle=ca_url is not None).getvalue(),
         tag=variant.content_ref,
-        rm=True,
-        forcerm=True,
-        nocache=no_cache,
-        pull=False,
-        decode=True,
-        buildargs={CA_ARG: ca_url} if ca_url else None,
-        labels=dict(labels) if labels else None,
+        no_cache=no_cache,
+        build_args={CA_ARG: ca_url} if ca_url else {},
+        labels=dict(labels or {}),
     )
-    try:
-        for line, chunk in _stream_lines(stream):
-            if chunk:
-                if "error" in chunk:
-                    error = str(chunk.get("error", "")).strip()
-                    log.write(f"ERROR: {error}\n")
-                elif "aux" in chunk and isinstance(chunk["aux"], dict):
-                    image_id = chunk["aux"].get("ID", image_id)
-                elif "status" in chunk:
-                    log.write(f"{chunk['status']} {chunk.get('progress', '')}".rstrip() + "\n")
-                continue
-            log.write(line + "\n")
-            if match := _STEP.match(line):
-                progress(f"step {match[1]}/{match[2]}: {match[3][:70]}")
-                # FROM reports the parent's ID: never one of ours to clean up
-                cached = match[3].upper().startswith("FROM ")
-            elif line.strip() == "---> Using cache":
-                cached = True
-            elif match := _RUNNING.match(line):
-                with activity.lock:
-                    activity.containers.add(match[1])
-            elif match := _LAYER.match(line):
-                if not cached:
-                    created.append(match[1])
-                with activity.lock:
-                    activity.containers.clear()
-    except BaseException:
-        _remove_images(client, created, log)
-        raise
-    if activity.cancel.is_set():
-        _remove_images(client, created, log)
-        raise Cancelled("cancelled")
-    if error is not None or image_id is None:
-        _remove_images(client, created, log)
-        raise BuildError(error or "the engine reported no image")
-    return image_id
-
-
-def _remove_images(client: DockerClient, ids: list[str], log: IO[str]) -> None:
-    """Remove the intermediate images of a failed build, newest first; skip ones in use."""
-    for image in reversed(ids):
-        log.write(_remove_image(client, image) + "\n")
-
-
-def _remove_image(client: DockerClient, image: str) -> str:
-    """Remove one untagged intermediate image; tagged images are never touched."""
-    from docker.errors import ImageNotFound  # noqa: PLC0415
-
-    try:
-        if client.api.inspect_image(image).get("RepoTags"):
-            return f"kept tagged image {image}"
-        client.api.remove_image(image, noprune=False)
-    except ImageNotFound:
-        return f"intermediate image {image} already gone"
-    except Exception as exc:  # noqa: BLE001 - in use by another build: it is not dangling
-        return f"kept intermediate image {image}: {exc}"
-    return f"removed intermediate image {image}"
+    return engine.build(request, log=log, progress=progress, activity=activity)
 
 
 #: The files of the image's /.hepml/ that are copied next to the build log.
 MANIFEST_FILES = ("spec.json", "os-packages.txt", "pip-freeze.txt")
 
 
-def export_manifest(client: DockerClient, image_id: str, target: Path) -> list[Path]:
+def export_manifest(engine: Engine, image_id: str, target: Path) -> list[Path]:
     """Copy the image's resolved spec and package lists into ``target`` (without running it)."""
-    from docker.errors import NotFound  # noqa: PLC0415
-
-    container = client.api.create_container(image_id, command=["true"], network_disabled=True)
+    data = engine.files(image_id, "/.hepml")
     written: list[Path] = []
-    try:
-        try:
-            chunks, _ = client.api.get_archive(container["Id"], "/.hepml")
-        except NotFound:
-            return written
-        archive = io.BytesIO(b"".join(chunks))
-        with tarfile.open(fileobj=archive) as tar:
-            for member in tar.getmembers():
-                name = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and name in MANIFEST_FILES and member.name.count("/") == 1:
-                    data = tar.extractfile(member)
-                    if data is None:  # pragma: no cover - regular files always have data
-                        continue
-                    target.mkdir(parents=True, exist_ok=True)
-                    (target / name).write_bytes(data.read())
-                    written.append(target / name)
-    finally:
-        client.api.remove_container(container["Id"], force=True)
+    if data is None:
+        return written
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            name = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and name in MANIFEST_FILES and member.name.count("/") == 1:
+                content = tar.extractfile(member)
+                if content is None:  # pragma: no cover - regular files always have data
+                    continue
+                target.mkdir(parents=True, exist_ok=True)
+                (target / name).write_bytes(content.read())
+                written.append(target / name)
     return written

@@ -26,17 +26,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepml_images.build.images import iso_time, sha256_file, write_archive
+from hepml_images.build.images import write_archive
+from hepml_images.engine import EngineError
 from hepml_images.errors import HepmlError
+from hepml_images.hashing import sha256_file
 from hepml_images.sif import format as sif_format
 from hepml_images.smoke.runner import CheckResult, Status, run_check
 from hepml_images.smoke.session import ImageReport, check_image
+from hepml_images.times import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
     from hepml_images.smoke.checks import Check
     from hepml_images.smoke.runner import GpuHost, GpuMode
@@ -66,7 +68,7 @@ def sif_labels(path: Path) -> dict[str, str]:
     return {}
 
 
-def load_rootfs(client: DockerClient, path: Path, *, epoch: int) -> str:
+def load_rootfs(engine: Engine, path: Path, *, epoch: int) -> str:
     """Load the SIF's primary partition into the engine as a bare image; return its ID."""
     sqfs2tar = shutil.which("sqfs2tar")
     if sqfs2tar is None:
@@ -100,18 +102,20 @@ def load_rootfs(client: DockerClient, path: Path, *, epoch: int) -> str:
             if partition.partition
             else "amd64",
             "config": {"Cmd": ["/.singularity.d/actions/run"], "Labels": {SIF_LABEL: sha}},
-            "created": iso_time(epoch),
-            "history": [{"created": iso_time(epoch), "created_by": f"sqfs2tar {path.name}"}],
+            "created": rfc3339(epoch),
+            "history": [{"created": rfc3339(epoch), "created_by": f"sqfs2tar {path.name}"}],
             "os": "linux",
             "rootfs": {"diff_ids": [diff_id], "type": "layers"},
         }
         raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
         image_id = write_archive(archive, layer, raw, [f"hepml-sif-check:{sha[:16]}"])
         layer.unlink()
-        with archive.open("rb") as handle:
-            for chunk in client.api.load_image(handle):
-                if "error" in chunk:
-                    raise SifCheckFailed(f"the engine refused the SIF's root filesystem: {chunk}")
+        try:
+            engine.load(archive)
+        except EngineError as exc:
+            raise SifCheckFailed(
+                f"the engine refused the SIF's root filesystem: {exc.message}"
+            ) from None
     return image_id
 
 
@@ -154,7 +158,7 @@ def apptainer_runner(command: str, path: Path) -> Callable[[Check], CheckResult]
 
 
 def check_sif(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient | None,
+    engine: Engine | None,
     variant: ResolvedVariant,
     path: Path,
     *,
@@ -168,7 +172,7 @@ def check_sif(  # noqa: PLR0913 - keyword-only settings
     if apptainer is not None:
         run = apptainer_runner(apptainer, path)
         return check_image(
-            client,
+            engine,
             variant,
             f"sif:{path}",
             gpu=gpu,
@@ -176,21 +180,22 @@ def check_sif(  # noqa: PLR0913 - keyword-only settings
             run=run,
             artifact=artifact,
         )
-    if client is None:
+    if engine is None:
         raise SifCheckFailed("testing a SIF without Apptainer needs the Docker Engine")
-    image_id = load_rootfs(client, path, epoch=epoch)
+    on = engine
+    image_id = load_rootfs(on, path, epoch=epoch)
     try:
 
         def in_rootfs(check: Check) -> CheckResult:
-            result = run_check(client, image_id, _through_exec(check))
+            result = run_check(on, image_id, _through_exec(check))
             return replace(result, check=check)
 
         return check_image(
-            client, variant, image_id, gpu=gpu, host=host, run=in_rootfs, artifact=artifact
+            on, variant, image_id, gpu=gpu, host=host, run=in_rootfs, artifact=artifact
         )
     finally:
-        with contextlib.suppress(Exception):
-            client.images.remove(image_id, force=True)
+        with contextlib.suppress(EngineError):
+            on.remove_image(image_id, force=True)
 
 
 def report_json(report: ImageReport, path: Path) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """OCI image → SIF file or sandbox directory (side effects: engine, files, subprocesses).
 
-In: a Docker client, the ID of the image that passed its smoke tests, where to write, and the
-epoch that fixes every time the output records. Out: a SIF whose primary system partition is the
-image's flat root filesystem plus the Apptainer layout (``layout``), squashed by mksquashfs,
-with a definition-file object naming the image and a labels object; or the same tree as a
-directory (a sandbox, what CVMFS and grid sites unpack).
+In: an engine (``hepml_images.engine``), the ID of the image that passed its smoke tests, where to
+write, and the epoch that fixes every time the output records. Out: a SIF whose primary system
+partition is the image's flat root filesystem plus the Apptainer layout (``layout``), squashed by
+mksquashfs, with a definition-file object naming the image and a labels object; or the same tree as
+a directory (a sandbox, what CVMFS and grid sites unpack).
 
 Reproducible: the files keep the image's own times (Python's timestamp-checked ``.pyc`` files
 stay valid), what is added gets ``epoch``, mksquashfs runs with ``-reproducible`` (its default)
@@ -29,15 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hepml_images.build.images import sha256_file
 from hepml_images.errors import HepmlError
+from hepml_images.hashing import sha256_file
 from hepml_images.sif import format as sif_format
 from hepml_images.sif import layout, rootfs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from docker import DockerClient
+    from hepml_images.engine import Engine
 
 APPTAINER_COMMANDS = ("apptainer", "singularity")
 #: mksquashfs's progress bar: "[=====|    ] 1234/5678  21%"
@@ -134,7 +134,7 @@ def squash(
 
 
 def _prepare_tree(
-    client: DockerClient,
+    engine: Engine,
     image_id: str,
     work: Path,
     *,
@@ -145,7 +145,7 @@ def _prepare_tree(
     root, spool = work / "rootfs", work / "layers"
     root.mkdir()
     spool.mkdir()
-    flat = rootfs.flatten(client, image_id, root, spool=spool, epoch=epoch, progress=progress)
+    flat = rootfs.flatten(engine, image_id, root, spool=spool, epoch=epoch, progress=progress)
     spool.rmdir()
     layout.install(root, layout.entries(flat.config.get("config") or {}), epoch=epoch)
     seconds = {"export+unpack": time.monotonic() - started}
@@ -158,7 +158,7 @@ def _workdir(near: Path) -> Path:
 
 
 def make_sif(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient,
+    engine: Engine,
     image_id: str,
     output: Path,
     *,
@@ -179,7 +179,7 @@ def make_sif(  # noqa: PLR0913 - keyword-only settings
             builder = Path(apptainer).name
         else:
             root, flat, seconds = _prepare_tree(
-                client, image_id, work, epoch=epoch, progress=progress
+                engine, image_id, work, epoch=epoch, progress=progress
             )
             started = time.monotonic()
             squashfs = work / "rootfs.squashfs"
@@ -262,7 +262,7 @@ def _apptainer_build(
 
 
 def make_sandbox(
-    client: DockerClient,
+    engine: Engine,
     image_id: str,
     output: Path,
     *,
@@ -277,7 +277,7 @@ def make_sandbox(
         )
     work = _workdir(output.parent)
     try:
-        root, _, seconds = _prepare_tree(client, image_id, work, epoch=epoch, progress=progress)
+        root, _, seconds = _prepare_tree(engine, image_id, work, epoch=epoch, progress=progress)
         if output.exists():
             output.rmdir()
         root.replace(output)

@@ -1,11 +1,11 @@
 """An image's flat root filesystem, from the engine's image archive (side effects: engine, files).
 
-In: a Docker client and an image ID. Out: a directory holding exactly the image's files: the
-engine's archive of the image (``docker save``) is read as it streams, and its layers are applied
-in the image's order, each as soon as it has arrived, with the OCI whiteout rules (``.wh.NAME``
-deletes NAME from the layers below, ``.wh..wh..opq`` empties a directory). A container export is
-not used: it adds Docker's init layer (``/.dockerenv``, empty ``/etc/hosts``, fresh times) and so
-would neither be the tested image nor reproducible.
+In: an engine (``hepml_images.engine``) and an image ID. Out: a directory holding exactly the
+image's files: the engine's archive of the image (``docker save``) is read as it streams, and its
+layers are applied in the image's order, each as soon as it has arrived, with the OCI whiteout rules
+(``.wh.NAME`` deletes NAME from the layers below, ``.wh..wh..opq`` empties a directory). A container
+export is not used: it adds Docker's init layer (``/.dockerenv``, empty ``/etc/hosts``, fresh times)
+and so would neither be the tested image nor reproducible.
 
 Layers are unpacked by GNU tar, as root with owners, modes, times, links and extended attributes
 (file capabilities) kept. Without root, files become the caller's (``owned_by_root`` False) and the
@@ -32,7 +32,7 @@ from hepml_images.errors import HepmlError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from docker import DockerClient
+    from hepml_images.engine import Engine
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -354,7 +354,7 @@ def flatten_stream(  # noqa: PLR0913 - keyword-only settings
 
 
 def flatten(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient,
+    engine: Engine,
     image_id: str,
     root: Path,
     *,
@@ -363,20 +363,20 @@ def flatten(  # noqa: PLR0913 - keyword-only settings
     progress: Callable[[str, int, int], None],
 ) -> Flattened:
     """The image's flat root filesystem in ``root``, from the engine's archive as it streams."""
-    attrs = client.api.inspect_image(image_id)
-    order = list((attrs.get("RootFS") or {}).get("Layers") or [])
-    if not order:
+    image = engine.image(image_id)
+    order = list(image.layers) if image is not None else []
+    if image is None or not order:
         raise RootfsError(f"the engine reports no layers for {image_id}")
     skipped = flatten_stream(
-        client.api.get_image(image_id, chunk_size=_CHUNK),
+        engine.save(image_id),
         order,
         root,
         spool=spool,
         epoch=epoch,
         progress=progress,
-        total=int(attrs.get("Size") or 0),
+        total=image.size,
     )
-    config = {"architecture": attrs.get("Architecture"), "config": attrs.get("Config") or {}}
+    config = {"architecture": image.architecture, "config": dict(image.config)}
     return Flattened(
         config=config, layers=len(order), owned_by_root=os.geteuid() == 0, skipped_devices=skipped
     )

@@ -21,8 +21,7 @@ from hepml_images import compat
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.smoke.checks import Check
 
 _OUTPUT_CHARS = 4000
@@ -86,12 +85,13 @@ def _nvidia_smi(*args: str) -> list[str] | None:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
-def probe_gpu_host(client: DockerClient) -> GpuHost:
+def probe_gpu_host(engine: Engine | None) -> GpuHost:
     """Look for GPUs (nvidia-smi on the host) and the NVIDIA container runtime."""
     rows = _nvidia_smi("--query-gpu=name,driver_version", "--format=csv,noheader")
     runtimes: dict[str, object] = {}
-    with contextlib.suppress(Exception):
-        runtimes = client.info().get("Runtimes") or {}
+    if engine is not None:
+        with contextlib.suppress(Exception):
+            runtimes = engine.info().get("Runtimes") or {}
     toolkit = any(
         shutil.which(tool) for tool in ("nvidia-container-runtime-hook", "nvidia-container-cli")
     )
@@ -117,44 +117,23 @@ def preflight(host: GpuHost, cuda: str | None) -> tuple[bool, str]:
     return verdict.verdict is not compat.DriverVerdict.TOO_OLD, verdict.message
 
 
-def run_check(client: DockerClient, image_id: str, check: Check) -> CheckResult:
-    """Run one check in a fresh container and remove the container."""
-    from docker.types import DeviceRequest  # noqa: PLC0415
-
+def run_check(engine: Engine, image_id: str, check: Check) -> CheckResult:
+    """Run one check in a fresh container (removed afterwards)."""
     started = time.monotonic()
-    requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if check.gpu else None
-    container = client.containers.create(
-        image_id,
-        command=list(check.argv),
-        network_disabled=True,
-        device_requests=requests,
-        labels={SMOKE_LABEL: "1"},
+    done = engine.run(
+        image_id, check.argv, gpu=check.gpu, timeout_s=check.timeout_s, labels={SMOKE_LABEL: "1"}
     )
-    try:
-        container.start()
-        try:
-            status = container.wait(timeout=check.timeout_s)
-            code = int(status.get("StatusCode", 1))
-            timed_out = False
-        except Exception:  # noqa: BLE001 - requests' read timeout: the check hangs
-            with contextlib.suppress(Exception):
-                container.kill()
-            code, timed_out = 1, True
-        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
-    finally:
-        with contextlib.suppress(Exception):
-            container.remove(force=True)
     seconds = time.monotonic() - started
-    output = output[-_OUTPUT_CHARS:]
-    if timed_out:
+    output = done.output[-_OUTPUT_CHARS:]
+    if done.timed_out:
         message = f"timed out after {check.timeout_s} s"
-    elif code == 0:
+    elif done.code == 0:
         message = ""
     else:
         last = next((ln for ln in reversed(output.splitlines()) if ln.strip()), "")
-        message = f"exit {code}: {last[:300]}" if last else f"exit {code}"
-    status_ = Status.PASSED if code == 0 else Status.FAILED
-    return CheckResult(check=check, status=status_, seconds=seconds, message=message, output=output)
+        message = f"exit {done.code}: {last[:300]}" if last else f"exit {done.code}"
+    status = Status.PASSED if done.code == 0 and not done.timed_out else Status.FAILED
+    return CheckResult(check=check, status=status, seconds=seconds, message=message, output=output)
 
 
 def skipped(check: Check, why: str, *, failed: bool = False) -> CheckResult:

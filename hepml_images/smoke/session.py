@@ -26,13 +26,13 @@ from hepml_images.smoke.runner import (
     run_check,
     skipped,
 )
+from hepml_images.times import rfc3339
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
-    from docker import DockerClient
-
+    from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
     from hepml_images.smoke.runner import Runner
 
@@ -110,7 +110,7 @@ def _gpu_results(
 
 
 def check_image(  # noqa: PLR0913 - keyword-only settings
-    client: DockerClient | None,
+    engine: Engine | None,
     variant: ResolvedVariant,
     image_id: str,
     *,
@@ -127,10 +127,10 @@ def check_image(  # noqa: PLR0913 - keyword-only settings
     """
     report = ImageReport(variant=variant, image_id=image_id, artifact=artifact)
     if run is None:
-        if client is None:
-            raise ValueError("check_image needs an engine client or a runner")
-        engine = client
-        run = lambda check: run_check(engine, image_id, check)  # noqa: E731 - one-line runner
+        if engine is None:
+            raise ValueError("check_image needs an engine or a runner")
+        on = engine
+        run = lambda check: run_check(on, image_id, check)  # noqa: E731 - one-line runner
     plain = [*checks_.component_checks(variant), *checks_.smoke_checks(variant)]
     report.results = run_all(run, plain, parallel=parallel)
     gpu_results, report.gpu_note = _gpu_results(run, variant, gpu, host)
@@ -155,7 +155,7 @@ def to_json(report: ImageReport) -> dict[str, Any]:
         "passed": report.passed,
         "gpu": report.gpu_note,
         "tool_version": __version__,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": rfc3339(time.time()),
         "checks": [
             {
                 "name": r.check.name,

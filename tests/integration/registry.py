@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from hepml_images.registry import Credentials
 from tests.conftest import require_tool
 
 if TYPE_CHECKING:
@@ -180,6 +181,10 @@ class Registry:
     def start(self) -> None:
         """Start it again: same port, same storage, same credentials (no-op when running)."""
         self._server.start()
+
+    def credentials(self) -> Credentials:
+        """Credentials for hepml-images' registry clients (ORAS, manifests)."""
+        return Credentials(self.username, self.password)
 
     def auth_config(self) -> dict[str, str]:
         """Credentials for the docker SDK (``push``/``pull`` ``auth_config=``)."""

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from hepml_images import oras, publish
+from hepml_images import registry as reg
+from hepml_images.hashing import sha256_digest
+from hepml_images.registry import http as registry_http
 from tests.conftest import require_tool
 
 if TYPE_CHECKING:
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 #: A little over three chunks, so that hashing, uploading and downloading go round their loops.
-SIZE = 3 * oras.CHUNK_SIZE + 12345
+SIZE = 3 * registry_http.CHUNK_SIZE + 12345
 
 
 def _repo() -> str:
@@ -63,7 +66,7 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_push_then_pull_round_trip(registry: Registry, sif: Path, tmp_path: Path) -> None:
     repo = _repo()
     reference = f"oras://{registry.ref(repo, 'v1')}"
-    pushed = oras.push_sif(sif, reference, credentials=registry.auth_config())
+    pushed = oras.push_sif(sif, reference, credentials=registry.credentials())
     digest = _sha256(sif)
     assert pushed.reference == registry.ref(repo, "v1")
     assert pushed.layer_digest == digest
@@ -74,7 +77,7 @@ def test_push_then_pull_round_trip(registry: Registry, sif: Path, tmp_path: Path
     assert set(pushed.uploaded) == {digest, oras.EMPTY_CONFIG_DIGEST}
 
     back = tmp_path / "back" / "copy.sif"
-    pulled = oras.pull_sif(reference, back, credentials=registry.auth_config())
+    pulled = oras.pull_sif(reference, back, credentials=registry.credentials())
     assert pulled.path == back
     assert _sha256(back) == digest
     assert pulled.layer_digest == digest
@@ -93,7 +96,7 @@ def test_push_then_pull_round_trip(registry: Registry, sif: Path, tmp_path: Path
     pinned = oras.pull_sif(
         f"{registry.host}/{repo}@{pushed.manifest_digest}",
         into,
-        credentials=registry.auth_config(),
+        credentials=registry.credentials(),
     )
     assert pinned.path == into / "x.sif"
     assert _sha256(pinned.path) == digest
@@ -103,7 +106,7 @@ def test_registry_stores_apptainers_layout(registry: Registry, sif: Path) -> Non
     repo = _repo()
     created = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
     pushed = oras.push_sif(
-        sif, registry.ref(repo, "v1"), credentials=registry.auth_config(), created=created
+        sif, registry.ref(repo, "v1"), credentials=registry.credentials(), created=created
     )
     digest, manifest = registry.manifest(repo, "v1")
     assert digest == pushed.manifest_digest
@@ -131,7 +134,7 @@ def test_registry_stores_apptainers_layout(registry: Registry, sif: Path) -> Non
 def test_second_push_uploads_no_blob(registry: Registry, sif: Path) -> None:
     repo = _repo()
     created = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    auth = registry.auth_config()
+    auth = registry.credentials()
     first = oras.push_sif(sif, registry.ref(repo, "a"), credentials=auth, created=created)
     again = oras.push_sif(sif, registry.ref(repo, "a"), credentials=auth, created=created)
     other_tag = oras.push_sif(sif, registry.ref(repo, "b"), credentials=auth, created=created)
@@ -148,18 +151,18 @@ def test_wrong_password_names_the_registry_not_the_password(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = f"wrong-{secrets.token_urlsafe(16)}"
-    credentials = {"username": registry.username, "password": wrong}
-    with pytest.raises(oras.OrasError) as pushing:
+    credentials = reg.Credentials(registry.username, wrong)
+    with pytest.raises(reg.RegistryError) as pushing:
         oras.push_sif(sif, registry.ref(_repo(), "v1"), credentials=credentials)
-    with pytest.raises(oras.OrasError) as pulling:
+    with pytest.raises(reg.RegistryError) as pulling:
         oras.pull_sif(registry.ref(_repo(), "v1"), tmp_path / "y.sif", credentials=credentials)
     for caught in (pushing, pulling):
         error = caught.value
         assert error.kind == "auth"
         assert f"{registry.host} refused the credentials" in error.message
         assert error.hint is not None
-        assert publish.USER_ENV in error.hint
-        assert publish.PASSWORD_ENV in error.hint
+        assert reg.USER_ENV in error.hint
+        assert reg.PASSWORD_ENV in error.hint
         assert f"docker login {registry.host}" in error.hint
         for text in (str(error), repr(error), repr(error.args)):
             assert wrong not in text
@@ -171,10 +174,10 @@ def test_wrong_password_names_the_registry_not_the_password(
 def test_no_credentials_at_all(
     registry: Registry, sif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(publish.USER_ENV, raising=False)
-    monkeypatch.delenv(publish.PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(reg.USER_ENV, raising=False)
+    monkeypatch.delenv(reg.PASSWORD_ENV, raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))  # an empty Docker configuration
-    with pytest.raises(oras.OrasError) as caught:
+    with pytest.raises(reg.RegistryError) as caught:
         oras.push_sif(sif, registry.ref(_repo(), "v1"), credentials=None)
     assert caught.value.kind == "auth"
     assert f"{registry.host} asks for credentials and none were found" in caught.value.message
@@ -183,8 +186,8 @@ def test_no_credentials_at_all(
 def test_credentials_from_the_environment(
     registry: Registry, sif: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(publish.USER_ENV, registry.username)
-    monkeypatch.setenv(publish.PASSWORD_ENV, registry.password)
+    monkeypatch.setenv(reg.USER_ENV, registry.username)
+    monkeypatch.setenv(reg.PASSWORD_ENV, registry.password)
     pushed = oras.push_sif(sif, registry.ref(_repo(), "v1"), credentials=None)
     assert pushed.layer_digest == _sha256(sif)
 
@@ -194,18 +197,18 @@ def test_registry_down_fails_after_retries(registry: Registry, sif: Path, tmp_pa
     notes: list[str] = []
     registry.stop()
     try:
-        with pytest.raises(oras.OrasError) as pushing:
+        with pytest.raises(reg.RegistryError) as pushing:
             oras.push_sif(
                 sif,
                 registry.ref(_repo(), "v1"),
-                credentials=registry.auth_config(),
+                credentials=registry.credentials(),
                 note=notes.append,
             )
-        with pytest.raises(oras.OrasError) as pulling:
+        with pytest.raises(reg.RegistryError) as pulling:
             oras.pull_sif(
                 registry.ref(_repo(), "v1"),
                 tmp_path / "y.sif",
-                credentials=registry.auth_config(),
+                credentials=registry.credentials(),
                 note=notes.append,
             )
     finally:
@@ -225,20 +228,22 @@ def test_a_transient_failure_is_retried_and_the_push_completes(
     registry: Registry, sif: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The registry answers 503 to the first manifest PUT; the second attempt goes through."""
-    real = oras._Client.put_manifest
+    real = registry_http.RegistryClient.put_manifest
     calls: list[str] = []
 
-    def flaky(self: oras._Client, data: bytes, tag: str) -> str | None:
+    def flaky(self: registry_http.RegistryClient, data: bytes, tag: str) -> str | None:
         calls.append(tag)
         if len(calls) == 1:
-            raise oras.OrasError(f"{self.ref.registry}: 503 Service Unavailable", kind="transient")
+            raise oras.OrasError(
+                f"{self.ref.registry}: 503 Service Unavailable", kind=reg.Kind.TRANSIENT
+            )
         return real(self, data, tag)
 
-    monkeypatch.setattr(oras._Client, "put_manifest", flaky)
+    monkeypatch.setattr(registry_http.RegistryClient, "put_manifest", flaky)
     notes: list[str] = []
     repo = _repo()
     pushed = oras.push_sif(
-        sif, registry.ref(repo, "v1"), credentials=registry.auth_config(), note=notes.append
+        sif, registry.ref(repo, "v1"), credentials=registry.credentials(), note=notes.append
     )
     assert calls == ["v1", "v1"]
     assert len(notes) == 1
@@ -258,7 +263,7 @@ def test_skopeo_reads_what_was_pushed(registry: Registry, sif: Path, tmp_path: P
     """An independent OCI client sees the same manifest, and fetches the same layer."""
     skopeo = require_tool("skopeo")
     repo = _repo()
-    pushed = oras.push_sif(sif, registry.ref(repo, "v1"), credentials=registry.auth_config())
+    pushed = oras.push_sif(sif, registry.ref(repo, "v1"), credentials=registry.credentials())
     authfile = _authfile(registry, tmp_path)
     source = f"docker://{registry.ref(repo, 'v1')}"
     common = ["--authfile", str(authfile), "--tls-verify=false"]
@@ -268,9 +273,9 @@ def test_skopeo_reads_what_was_pushed(registry: Registry, sif: Path, tmp_path: P
         check=True,
         timeout=120,
     ).stdout
-    assert oras.sha256_digest(raw) == pushed.manifest_digest
+    assert sha256_digest(raw) == pushed.manifest_digest
     manifest = json.loads(raw)
-    assert manifest["mediaType"] == oras.MANIFEST_MEDIA_TYPE
+    assert manifest["mediaType"] == registry_http.MANIFEST_MEDIA_TYPE
     assert manifest["config"]["mediaType"] == oras.SIF_CONFIG_MEDIA_TYPE
     (layer,) = manifest["layers"]
     assert layer["mediaType"] == oras.SIF_LAYER_MEDIA_TYPE
@@ -306,7 +311,7 @@ class _LyingRegistry(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if "/manifests/" in self.path:
-            body, kind = self.manifest, oras.MANIFEST_MEDIA_TYPE
+            body, kind = self.manifest, registry_http.MANIFEST_MEDIA_TYPE
         elif "/blobs/" in self.path:
             body, kind = self.blob, "application/octet-stream"
         else:
@@ -326,7 +331,7 @@ class _LyingRegistry(BaseHTTPRequestHandler):
 def lying_registry() -> Iterator[str]:
     layer = b"the real SIF"
     manifest = oras.sif_manifest(
-        oras.sha256_digest(layer),
+        sha256_digest(layer),
         len(layer),
         "x.sif",
         created=datetime(2024, 1, 1, tzinfo=timezone.utc),
@@ -348,7 +353,7 @@ def test_a_layer_that_does_not_match_its_digest_is_not_kept(
     lying_registry: str, tmp_path: Path
 ) -> None:
     target = tmp_path / "x.sif"
-    with pytest.raises(oras.OrasError, match="does not match its manifest") as caught:
+    with pytest.raises(reg.RegistryError, match="does not match its manifest") as caught:
         oras.pull_sif(f"{lying_registry}/hepml/x:v1", target, credentials=None)
     assert caught.value.kind == "other"
     assert list(tmp_path.iterdir()) == []

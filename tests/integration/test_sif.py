@@ -162,7 +162,7 @@ def test_publish_sif_round_trips_through_the_registry_as_oras(
     pulled = oras.pull_sif(
         reference,
         tmp_path / "pulled.sif",
-        credentials={"username": registry.username, "password": registry.password},
+        credentials=registry.credentials(),
     )
     assert sha256(pulled.path) == sha256(sif)
     assert pulled.layer_media_type == "application/vnd.sylabs.sif.layer.v1.sif"
@@ -186,7 +186,7 @@ def test_publish_sif_round_trips_through_the_registry_as_oras(
     # an immutable SIF tag that holds another file is not overwritten without --force
     other = tmp_path / "other.sif"
     other.write_bytes(b"not the tested image")
-    creds = {"username": registry.username, "password": registry.password}
+    creds = registry.credentials()
     oras.push_sif(other, reference, credentials=creds)
     refused = run(state, *args, registry=registry)
     assert refused.code == 1

@@ -20,6 +20,7 @@ from hepml_images.build.images import BuildError, image_config
 from hepml_images.pipeline import resolve_directory
 from hepml_images.render import ir
 from hepml_images.spec.load import shipped_dir
+from tests.unit.fakes import FakeEngine
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,7 +43,7 @@ class Recorder:
         self.peak = 0
         self.lock = threading.Lock()
 
-    def __call__(self, _client: object, variant: ResolvedVariant, **_: Any) -> str:
+    def __call__(self, _engine: object, variant: ResolvedVariant, **_: Any) -> str:
         with self.lock:
             self.events.append(("start", variant.key))
             self.running += 1
@@ -74,7 +75,8 @@ def run(  # noqa: PLR0913 - keyword-only scenario knobs
     monkeypatch.setattr(graph, "_tag", lambda *_a: None)
     monkeypatch.setattr(graph, "export_manifest", lambda *_a: [])
     options = Options(jobs=jobs, epoch=0, log_dir=tmp)
-    outcomes = Builder(object, selected, options).run()  # type: ignore[arg-type]
+    engine = FakeEngine()
+    outcomes = Builder(lambda: engine, selected, options).run()
     return outcomes, recorder
 
 

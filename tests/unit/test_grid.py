@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from hepml_images import grid
+from hepml_images import grid, publish
 from hepml_images.errors import UsageError
 from hepml_images.pipeline import resolve_specs
 from hepml_images.provenance import DEFAULT_EPOCH
@@ -31,7 +31,7 @@ def test_epoch_comes_from_source_date_epoch_then_the_image() -> None:
 
 def test_sif_references_are_the_image_tags_with_a_suffix() -> None:
     variant = _default()
-    pairs = grid.sif_references(variant, "127.0.0.1:5000/ns")
+    pairs = publish.sif_references(variant, "127.0.0.1:5000/ns")
     refs = [ref for ref, _ in pairs]
     content = variant.content_ref.rsplit(":", 1)[1]
     assert pairs[0] == (f"127.0.0.1:5000/ns/debian-tensorflow:{content}-sif", True)

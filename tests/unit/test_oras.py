@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from hepml_images import oras, publish
+from hepml_images import hashing, oras
+from hepml_images import registry as reg
 from hepml_images.errors import HepmlError
+from hepml_images.hashing import sha256_digest
+from hepml_images.registry import http as registry_http
+from hepml_images.times import rfc3339
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,28 +33,28 @@ APPTAINER_EMPTY_CONFIG_DIGEST = (
     [
         (
             "oras://127.0.0.1:5000/hepml/tf:1.0",
-            oras.Reference("127.0.0.1:5000", "hepml/tf", "1.0"),
+            reg.Reference("127.0.0.1:5000", "hepml/tf", "1.0"),
         ),
-        ("127.0.0.1:5000/hepml/tf", oras.Reference("127.0.0.1:5000", "hepml/tf", "latest")),
-        ("localhost/x:y", oras.Reference("localhost", "x", "y")),
-        ("[::1]:5000/a/b:c", oras.Reference("[::1]:5000", "a/b", "c")),
-        ("oras://alpine", oras.Reference("docker.io", "library/alpine", "latest")),
+        ("127.0.0.1:5000/hepml/tf", reg.Reference("127.0.0.1:5000", "hepml/tf", "latest")),
+        ("localhost/x:y", reg.Reference("localhost", "x", "y")),
+        ("[::1]:5000/a/b:c", reg.Reference("[::1]:5000", "a/b", "c")),
+        ("oras://alpine", reg.Reference("docker.io", "library/alpine", "latest")),
         (
             "user/collection/container:2.0.0",
-            oras.Reference("docker.io", "user/collection/container", "2.0.0"),
+            reg.Reference("docker.io", "user/collection/container", "2.0.0"),
         ),
-        ("index.docker.io/alpine:3", oras.Reference("docker.io", "library/alpine", "3")),
+        ("index.docker.io/alpine:3", reg.Reference("docker.io", "library/alpine", "3")),
         (
             f"registry.local/c/image@{DIGEST}",
-            oras.Reference("registry.local", "c/image", None, DIGEST),
+            reg.Reference("registry.local", "c/image", None, DIGEST),
         ),
         (
             f"//registry.local:443/c/image:t@{DIGEST}",
-            oras.Reference("registry.local:443", "c/image", "t", DIGEST),
+            reg.Reference("registry.local:443", "c/image", "t", DIGEST),
         ),
     ],
 )
-def test_references_parse_like_apptainer(text: str, expected: oras.Reference) -> None:
+def test_references_parse_like_apptainer(text: str, expected: reg.Reference) -> None:
     assert oras.parse_reference(text) == expected
 
 
@@ -79,7 +83,7 @@ def test_reference_target_string_and_api_host() -> None:
     ],
 )
 def test_invalid_references_are_refused_with_a_hint(text: str, problem: str) -> None:
-    with pytest.raises(oras.OrasError, match=problem) as caught:
+    with pytest.raises(reg.RegistryError, match=problem) as caught:
         oras.parse_reference(text)
     assert caught.value.hint is not None
     assert "HOST[:PORT]/REPOSITORY[:TAG]" in caught.value.hint
@@ -102,7 +106,7 @@ def test_invalid_references_are_refused_with_a_hint(text: str, problem: str) -> 
     ],
 )
 def test_loopback_registries(registry: str, loopback: bool) -> None:
-    assert publish.is_loopback(registry) is loopback
+    assert reg.is_loopback(registry) is loopback
 
 
 @pytest.mark.parametrize(
@@ -120,10 +124,10 @@ def test_plain_http_only_for_loopback_unless_told(
     reference: str, plain_http: bool | None, scheme: str
 ) -> None:
     ref = oras.parse_reference(reference)
-    with oras._Client(ref, None, plain_http=plain_http) as client:
+    with registry_http.RegistryClient(ref, None, plain_http=plain_http) as client:
         assert client.base == f"{scheme}://{ref.api_host}/v2/x"
         # the loopback registry is never reached through a proxy from the environment
-        assert client.session.trust_env is not publish.is_loopback(ref.registry)
+        assert client.session.trust_env is not reg.is_loopback(ref.registry)
 
 
 def test_empty_config_is_apptainers() -> None:
@@ -184,7 +188,7 @@ def test_created_cannot_be_overridden_by_annotations() -> None:
     ],
 )
 def test_rfc3339_is_utc_whole_seconds(moment: datetime, text: str) -> None:
-    assert oras.rfc3339(moment) == text
+    assert rfc3339(moment) == text
 
 
 def test_encoded_manifest_is_compact_json_and_its_digest() -> None:
@@ -195,11 +199,11 @@ def test_encoded_manifest_is_compact_json_and_its_digest() -> None:
     assert b" " not in data
     assert "é.sif".encode() in data
     assert json.loads(data) == manifest
-    assert oras.sha256_digest(data) == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert sha256_digest(data) == "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def test_file_digest_is_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(oras, "CHUNK_SIZE", 7)
+    monkeypatch.setattr(hashing, "BLOCK", 7)
     data = bytes(range(256)) * 3 + b"tail"
     path = tmp_path / "x.sif"
     path.write_bytes(data)
@@ -224,66 +228,89 @@ def test_file_digest_is_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_file_digest_of_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(oras.OrasError, match="cannot read"):
+    with pytest.raises(reg.RegistryError, match="cannot read"):
         oras.file_digest(tmp_path / "missing.sif")
 
 
 def test_oras_error_is_a_hepml_error_with_a_kind() -> None:
-    error = oras.OrasError("it broke", "try again")
+    error = oras.OrasError("it broke", hint="try again")
     assert isinstance(error, HepmlError)
-    assert isinstance(error, publish.PublishError)
+    assert isinstance(error, reg.RegistryError)
     assert error.kind == "other"
     assert error.hint == "try again"
     assert str(error) == "it broke\n  hint: try again"
-    assert oras.OrasError("down", kind="transient").kind == "transient"
+    assert oras.OrasError("down", kind=reg.Kind.TRANSIENT).kind == "transient"
 
 
 def test_credentials_keep_the_password_out_of_repr() -> None:
-    credentials = oras.Credentials("user", "s3cret-pw")
+    credentials = reg.Credentials("user", "s3cret-pw")
     assert "s3cret-pw" not in repr(credentials)
-    assert "s3cret-pw" not in repr(oras._Authorization())
+    assert "s3cret-pw" not in repr(registry_http._Authorization())
 
 
 def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No credentials in the environment, an empty Docker configuration directory."""
-    monkeypatch.delenv(publish.USER_ENV, raising=False)
-    monkeypatch.delenv(publish.PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(reg.USER_ENV, raising=False)
+    monkeypatch.delenv(reg.PASSWORD_ENV, raising=False)
     config = tmp_path / "docker-config"
     config.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
     return config
 
 
-def test_credentials_given_come_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _isolate(monkeypatch, tmp_path)
-    monkeypatch.setenv(publish.USER_ENV, "env-user")
-    monkeypatch.setenv(publish.PASSWORD_ENV, "env-pw")
-    given = {"username": "u", "password": "p", "serveraddress": "h"}
-    assert oras.resolve_credentials("h", given) == oras.Credentials("u", "p")
-    assert oras.resolve_credentials("h", None) == oras.Credentials("env-user", "env-pw")
+def test_credentials_from_the_environment_come_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = _isolate(monkeypatch, tmp_path)
+    auth = base64.b64encode(b"docker-user:docker-pw").decode()
+    (config / "config.json").write_text(json.dumps({"auths": {"h": {"auth": auth}}}))
+    monkeypatch.setenv(reg.USER_ENV, "env-user")
+    monkeypatch.setenv(reg.PASSWORD_ENV, "env-pw")
+    assert reg.credentials("h") == reg.Credentials("env-user", "env-pw")
 
 
 def test_credentials_from_docker_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = _isolate(monkeypatch, tmp_path)
-    assert oras.resolve_credentials("127.0.0.1:5000", None) is None
+    assert reg.credentials("127.0.0.1:5000") is None
     auth = base64.b64encode(b"docker-user:docker-pw").decode()
     (config / "config.json").write_text(json.dumps({"auths": {"127.0.0.1:5000": {"auth": auth}}}))
-    assert oras.resolve_credentials("127.0.0.1:5000", None) == oras.Credentials(
-        "docker-user", "docker-pw"
+    assert reg.credentials("127.0.0.1:5000") == reg.Credentials("docker-user", "docker-pw")
+    assert reg.credentials("other.example.org") is None
+
+
+def test_credentials_from_a_credential_helper(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = _isolate(monkeypatch, tmp_path)
+    helpers = tmp_path / "bin"
+    helpers.mkdir()
+    helper = helpers / "docker-credential-fake"
+    helper.write_text(
+        "#!/bin/sh\nread server\n"
+        '[ "$server" = reg.example.org ] || exit 1\n'
+        'echo \'{"Username": "helper-user", "Secret": "helper-pw"}\'\n'
     )
-    assert oras.resolve_credentials("other.example.org", None) is None
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helpers}:/usr/bin:/bin")
+    (config / "config.json").write_text(json.dumps({"credHelpers": {"reg.example.org": "fake"}}))
+    assert reg.credentials("reg.example.org") == reg.Credentials("helper-user", "helper-pw")
+    (config / "config.json").write_text(json.dumps({"credHelpers": {"reg.example.org": "gone"}}))
+    with pytest.raises(reg.RegistryError, match="docker-credential-gone is not on PATH"):
+        reg.credentials("reg.example.org")
 
 
-def test_credentials_need_both_parts() -> None:
-    with pytest.raises(oras.OrasError, match="username and a password") as caught:
-        oras.resolve_credentials("h", {"username": "u"})
+def test_credentials_need_both_parts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv(reg.USER_ENV, "u")
+    with pytest.raises(reg.RegistryError, match="is set but") as caught:
+        reg.credentials("h")
     assert caught.value.hint is not None
-    assert publish.USER_ENV in caught.value.hint
+    assert "docker login" in caught.value.hint
 
 
-def _client(credentials: oras.Credentials | None = None) -> oras._Client:
+def _client(credentials: reg.Credentials | None = None) -> registry_http.RegistryClient:
     ref = oras.parse_reference("registry.example.org/hepml/x:1")
-    return oras._Client(ref, credentials, plain_http=None)
+    return registry_http.RegistryClient(ref, credentials, plain_http=None)
 
 
 def _response(status: int, headers: dict[str, str] | None = None, body: Any = None) -> Any:
@@ -295,7 +322,7 @@ def _response(status: int, headers: dict[str, str] | None = None, body: Any = No
 
 
 def test_basic_challenge_is_answered_with_the_credentials() -> None:
-    with _client(oras.Credentials("u", "p")) as client:
+    with _client(reg.Credentials("u", "p")) as client:
         client._answer(_response(401, {"WWW-Authenticate": 'Basic realm="r"'}), "x")
         assert client.auth.value == "Basic " + base64.b64encode(b"u:p").decode()
 
@@ -311,7 +338,7 @@ def test_bearer_challenge_asks_the_realm_for_a_token(monkeypatch: pytest.MonkeyP
         'Bearer realm="https://auth.example.org/token",service="registry.example.org",'
         'scope="repository:hepml/x:pull,push repository:hepml/y:pull"'
     )
-    with _client(oras.Credentials("u", "p")) as client:
+    with _client(reg.Credentials("u", "p")) as client:
         monkeypatch.setattr(client.session, "get", get)
         client._answer(_response(401, {"WWW-Authenticate": challenge}), "x")
         assert client.auth.value == "Bearer tok"
@@ -326,13 +353,13 @@ def test_bearer_challenge_asks_the_realm_for_a_token(monkeypatch: pytest.MonkeyP
 
 
 def test_a_challenge_without_credentials_is_an_auth_error() -> None:
-    with _client() as client, pytest.raises(oras.OrasError) as caught:
+    with _client() as client, pytest.raises(reg.RegistryError) as caught:
         client._answer(_response(401, {"WWW-Authenticate": 'Basic realm="r"'}), "x")
     assert caught.value.kind == "auth"
     assert "registry.example.org asks for credentials" in caught.value.message
     assert caught.value.hint is not None
     assert "docker login registry.example.org" in caught.value.hint
-    assert publish.PASSWORD_ENV in caught.value.hint
+    assert reg.PASSWORD_ENV in caught.value.hint
 
 
 @pytest.mark.parametrize(
@@ -348,7 +375,7 @@ def test_a_challenge_without_credentials_is_an_auth_error() -> None:
     ],
 )
 def test_refusals_are_classified(status: int, body: Any, kind: str) -> None:
-    with _client(oras.Credentials("user", "pw-0123456789")) as client:
+    with _client(reg.Credentials("user", "pw-0123456789")) as client:
         error = client._refused(_response(status, body=body), "pushing")
     assert error.kind == kind
     assert "registry.example.org" in error.message
@@ -366,9 +393,11 @@ def test_connection_failures_are_transient() -> None:
 
 
 def test_errors_never_carry_the_password() -> None:
-    with _client(oras.Credentials("u", "s3cret-pw")) as client:
+    with _client(reg.Credentials("u", "s3cret-pw")) as client:
         basic = base64.b64encode(b"u:s3cret-pw").decode()
-        error = client.error(f"echoed s3cret-pw and Basic {basic}", hint="s3cret-pw", kind="auth")
+        error = client.error(
+            f"echoed s3cret-pw and Basic {basic}", hint="s3cret-pw", kind=reg.Kind.AUTH
+        )
     assert "s3cret-pw" not in str(error)
     assert basic not in str(error)
     assert "s3cret-pw" not in repr(error)
@@ -377,24 +406,26 @@ def test_errors_never_carry_the_password() -> None:
 def test_only_one_sif_layer_is_accepted() -> None:
     ref = oras.parse_reference("127.0.0.1:5000/x:y")
     layer = {"mediaType": oras.SIF_LAYER_MEDIA_TYPE, "digest": DIGEST, "size": 3}
-    assert oras._sif_layer(ref, {"layers": [layer]}, oras.MANIFEST_MEDIA_TYPE) == layer
+    assert oras._sif_layer(ref, {"layers": [layer]}, registry_http.MANIFEST_MEDIA_TYPE) == layer
     proto = {**layer, "mediaType": "appliciation/vnd.sylabs.sif.layer.tar"}
-    assert oras._sif_layer(ref, {"layers": [proto]}, oras.MANIFEST_MEDIA_TYPE) == proto
-    with pytest.raises(oras.OrasError, match="image index"):
-        oras._sif_layer(ref, {"manifests": []}, oras.INDEX_MEDIA_TYPE)
-    with pytest.raises(oras.OrasError, match="2 layers"):
-        oras._sif_layer(ref, {"layers": [layer, layer]}, oras.MANIFEST_MEDIA_TYPE)
+    assert oras._sif_layer(ref, {"layers": [proto]}, registry_http.MANIFEST_MEDIA_TYPE) == proto
+    with pytest.raises(reg.RegistryError, match="image index"):
+        oras._sif_layer(ref, {"manifests": []}, registry_http.INDEX_MEDIA_TYPE)
+    with pytest.raises(reg.RegistryError, match="2 layers"):
+        oras._sif_layer(ref, {"layers": [layer, layer]}, registry_http.MANIFEST_MEDIA_TYPE)
     tar = {**layer, "mediaType": "application/vnd.oci.image.layer.v1.tar"}
-    with pytest.raises(oras.OrasError, match="not a SIF artifact"):
-        oras._sif_layer(ref, {"layers": [tar]}, oras.MANIFEST_MEDIA_TYPE)
-    with pytest.raises(oras.OrasError, match="not a sha256 digest"):
-        oras._sif_layer(ref, {"layers": [{**layer, "digest": "md5:x"}]}, oras.MANIFEST_MEDIA_TYPE)
+    with pytest.raises(reg.RegistryError, match="not a SIF artifact"):
+        oras._sif_layer(ref, {"layers": [tar]}, registry_http.MANIFEST_MEDIA_TYPE)
+    with pytest.raises(reg.RegistryError, match="not a sha256 digest"):
+        oras._sif_layer(
+            ref, {"layers": [{**layer, "digest": "md5:x"}]}, registry_http.MANIFEST_MEDIA_TYPE
+        )
 
 
 def test_push_refuses_a_digest_reference_and_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "x.sif"
     path.write_bytes(b"sif")
-    with pytest.raises(oras.OrasError, match="names a tag, not a digest"):
+    with pytest.raises(reg.RegistryError, match="names a tag, not a digest"):
         oras.push_sif(path, f"127.0.0.1:1/x@{DIGEST}", credentials=None)
-    with pytest.raises(oras.OrasError, match="is not a file"):
+    with pytest.raises(reg.RegistryError, match="is not a file"):
         oras.push_sif(tmp_path / "missing.sif", "127.0.0.1:1/x:y", credentials=None)

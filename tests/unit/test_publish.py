@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hepml_images import publish
+from hepml_images import registry as reg
+from hepml_images.engine import EngineError
 from hepml_images.errors import UsageError
 from hepml_images.pipeline import resolve_specs
 
@@ -30,8 +32,29 @@ if TYPE_CHECKING:
         ("manifest invalid: manifest invalid", "other"),
     ],
 )
-def test_errors_are_classified(message: str, kind: str) -> None:
-    assert publish.classify(message) == kind
+def test_engine_push_errors_are_classified(message: str, kind: str) -> None:
+    assert reg.kind_of_engine_error(EngineError(message)) == kind
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, "auth"),
+        (403, "auth"),
+        (404, "other"),
+        (400, "other"),
+        (408, "transient"),
+        (429, "transient"),
+        (500, "transient"),
+        (503, "transient"),
+    ],
+)
+def test_statuses_are_classified(status: int, kind: str) -> None:
+    assert reg.kind_of_status(status) == kind
+
+
+def test_engine_transport_failures_are_transient() -> None:
+    assert reg.kind_of_engine_error(EngineError("anything", transport=True)) == "transient"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +68,7 @@ def test_errors_are_classified(message: str, kind: str) -> None:
     ],
 )
 def test_registry_of(repository: str, registry: str) -> None:
-    assert publish.registry_of(repository) == registry
+    assert reg.registry_of(repository) == registry
 
 
 def test_tags_content_first_then_immutable_and_moving() -> None:
@@ -79,13 +102,16 @@ def test_gate_reads_the_result_of_exactly_this_image(
     assert "no smoke-test result" in (publish.gate("sha256:" + "cd" * 32) or "")
 
 
-def test_credentials_only_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(publish.USER_ENV, raising=False)
-    monkeypatch.delenv(publish.PASSWORD_ENV, raising=False)
-    assert publish.credentials("r.example") is None
-    monkeypatch.setenv(publish.USER_ENV, "u")
-    monkeypatch.setenv(publish.PASSWORD_ENV, "p")
-    assert publish.credentials("r.example") == {
+def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(reg.USER_ENV, raising=False)
+    monkeypatch.delenv(reg.PASSWORD_ENV, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert reg.credentials("r.example") is None
+    monkeypatch.setenv(reg.USER_ENV, "u")
+    monkeypatch.setenv(reg.PASSWORD_ENV, "p")
+    found = reg.credentials("r.example")
+    assert found is not None
+    assert found.auth_config("r.example") == {
         "username": "u",
         "password": "p",
         "serveraddress": "r.example",
