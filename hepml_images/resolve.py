@@ -23,11 +23,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from hepml_images import compat, provenance
+from hepml_images import compat, ir, provenance
 from hepml_images.components import Inherited, Planned, TensorflowInstall, plan
 from hepml_images.components import manifest as components_manifest
 from hepml_images.errors import IncompatibleVersions, Problem, SpecError, UsageError
-from hepml_images.render import ir
 from hepml_images.spec import content as content_builder
 from hepml_images.spec import values
 from hepml_images.spec.load import did_you_mean

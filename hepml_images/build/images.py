@@ -23,8 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from hepml_images import ir
 from hepml_images.errors import HepmlError
-from hepml_images.render import ir, render
+from hepml_images.render import render
 from hepml_images.render.writers import CA_ARG
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from hepml_images import ir
 from hepml_images.components import packages
-from hepml_images.render import ir
 
 if TYPE_CHECKING:
     from hepml_images.spec.model import Content, Family

@@ -1,8 +1,10 @@
 """The intermediate representation of an image: one object per instruction. Pure data.
 
-Components turn into these steps (``hepml_images.components``); the Dockerfile and Singularity
-writers (``hepml_images.render.writers``) turn the same steps into text. Semantic differences
-between the two formats are handled in the writers, in one place each.
+Components turn into these steps (``hepml_images.components``), the resolver puts them into an
+``ImagePlan`` (``hepml_images.resolve``), and the Dockerfile and Singularity writers
+(``hepml_images.render.writers``) turn the same plan into text. Semantic differences between the
+two formats are handled in the writers, in one place each. This module sits below all three and
+imports nothing from the package, so resolving does not depend on rendering.
 
 Every string in a ``Run`` command is already a safe shell word or quoted; every ``SetEnv`` value
 passed ``spec.values.env_value``; every path passed ``spec.values.abs_path``.
