@@ -1219,7 +1219,10 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             log_dir=logs,
             ca_url=ca_url,
             labels=lambda v, parent_id: provenance.build_labels(
-                v, origin_of(v), parent_id=parent_id, created=iso_time(origin_of(v).epoch)
+                origin_of(v),
+                spec_labels=v.content.labels,
+                parent_id=parent_id,
+                created=iso_time(origin_of(v).epoch),
             ),
             epoch_of=lambda v: origin_of(v).epoch,
         )
