@@ -128,7 +128,11 @@ class Runtime:
 
 @dataclass(frozen=True, kw_only=True)
 class ImagePlan:
-    """Everything a writer needs to produce one image's build files."""
+    """Everything a writer needs to produce one image's build files.
+
+    The field names are part of the content digest (``resolve.digest_of`` hashes the plan as a
+    dict): renaming a field changes every image's digest and forces every image to be rebuilt.
+    """
 
     name: str
     slug: str
