@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 
 from bench.common import HOST_CA, env, hepml, timed
+from hepml_images import ir
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.build.images import bootstrap_argv
 from hepml_images.engine import connect
 from hepml_images.pipeline import DEFAULT_EPOCH, resolve_specs, write_build_dir
-from hepml_images.render import ir, render
+from hepml_images.render import render
 from hepml_images.resolve import lineage
 
 RUNS = 3

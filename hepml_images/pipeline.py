@@ -250,7 +250,10 @@ def build(
             log_dir=settings.log_dir,
             ca_url=ca_url,
             labels=lambda v, parent_id: provenance.build_labels(
-                v, origin_of(v), parent_id=parent_id, created=rfc3339(origin_of(v).epoch)
+                origin_of(v),
+                spec_labels=v.content.labels,
+                parent_id=parent_id,
+                created=rfc3339(origin_of(v).epoch),
             ),
             epoch_of=lambda v: origin_of(v).epoch,
         )

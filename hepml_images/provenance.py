@@ -24,10 +24,8 @@ from hepml_images import __version__
 from hepml_images.times import source_date_epoch
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from pathlib import Path
-
-    from hepml_images.resolve import ResolvedVariant
 
 OCI = "org.opencontainers.image"
 #: SOURCE_DATE_EPOCH when neither the environment nor git gives one (2024-01-01T00:00:00Z).
@@ -104,9 +102,16 @@ def content_labels(
 
 
 def build_labels(
-    variant: ResolvedVariant, where: Origin, *, parent_id: str | None, created: str
+    where: Origin,
+    *,
+    spec_labels: Iterable[tuple[str, str]],
+    parent_id: str | None,
+    created: str,
 ) -> dict[str, str]:
-    """The labels of one build (not in the digest): time, revision, source, base, tool."""
+    """The labels of one build (not in the digest): time, revision, source, base, tool.
+
+    ``spec_labels`` are the labels the spec sets itself (``Content.labels``).
+    """
     labels = {
         f"{OCI}.created": created,
         "io.hepml.tool.version": __version__,
@@ -118,8 +123,8 @@ def build_labels(
         labels[f"{OCI}.url"] = where.source
     if parent_id:
         labels[f"{OCI}.base.digest"] = parent_id
-    spec_labels = dict(variant.content.labels)
+    from_spec = dict(spec_labels)
     for key in (f"{OCI}.source", f"{OCI}.url"):
-        if key in spec_labels:  # what the spec says wins over what git says
-            labels[key] = spec_labels[key]
+        if key in from_spec:  # what the spec says wins over what git says
+            labels[key] = from_spec[key]
     return labels

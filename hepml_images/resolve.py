@@ -23,11 +23,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from hepml_images import compat, provenance
-from hepml_images.components import Inherited, Planned, TensorflowInstall, plan
+from hepml_images import compat, ir, provenance
+from hepml_images.components import Handover, Planned, TensorflowInstall, plan
 from hepml_images.components import manifest as components_manifest
 from hepml_images.errors import IncompatibleVersions, Problem, SpecError, UsageError
-from hepml_images.render import ir
 from hepml_images.spec import content as content_builder
 from hepml_images.spec import values
 from hepml_images.spec.load import did_you_mean
@@ -71,7 +70,8 @@ class ResolvedVariant:
     immutable_tags: tuple[str, ...]
     plan: ir.ImagePlan
     digest: str
-    inherited: Inherited
+    #: what this image hands over to the variants built FROM it (they start from it)
+    handover: Handover
 
     @property
     def key(self) -> str:
@@ -374,7 +374,7 @@ def _check_versions(
     content: Content,
     family: str,
     release: str | None,
-    inherited: Inherited,
+    inherited: Handover,
     report: content_builder.Report,
 ) -> None:
     comps = content.components
@@ -418,7 +418,7 @@ def _check_versions(
 
 def _versions(
     content: Content,
-    inherited: Inherited,
+    inherited: Handover,
     family: str,
     release: str | None,
     tf: TensorflowInstall | None,
@@ -568,11 +568,14 @@ def _resolve_one(
     problems: _Problems,
 ) -> ResolvedVariant | None:
     slug = _slug(axis_values)
-    label = f" (variant {slug})" if axis_values else ""
+    variant_suffix = f" (variant {slug})" if axis_values else ""
 
     def report(path: str, message: str, hint: str | None = None) -> None:
         problems.add(
-            spec, path, message + label if "${{" in str(_raw_at(spec.data, path)) else message, hint
+            spec,
+            path,
+            message + variant_suffix if "${{" in str(_raw_at(spec.data, path)) else message,
+            hint,
         )
 
     for axis, value in axis_values:
@@ -593,7 +596,7 @@ def _resolve_one(
     }
     if len(problems.items) > before_substitution:
         return None  # values that still hold an expression would only give misleading problems
-    inherited = parent.inherited if parent else None
+    inherited = parent.handover if parent else None
     content = content_builder.build(
         substituted,
         family=inherited.family if inherited else None,
@@ -607,7 +610,7 @@ def _resolve_one(
         if start is None:  # pragma: no cover - the schema requires base or extends
             return None
         release = start.suite if isinstance(start, Bootstrap) else start.release
-        inherited = Inherited(family=start.family, release=release)
+        inherited = Handover(family=start.family, release=release)
     before = len(problems.items)
     _check_versions(content, inherited.family, inherited.release, inherited, report)
     tf = _tensorflow(content, dict(inherited.versions), report)
@@ -635,7 +638,7 @@ def _resolve_one(
         cmd=own_cmd
         if own_cmd is not None
         else (None if own_entrypoint is not None else inherited.cmd),
-        workdir=planned.inherited.workdir,
+        workdir=planned.handover.workdir,
     )
     steps, plan_context = planned.steps, planned.context
     if not isinstance(image_base, ir.FromBootstrap):  # a bootstrapped base stays one pure layer
@@ -644,7 +647,7 @@ def _resolve_one(
         described = {k: v for k, v in canonical(content).items() if k not in _NOT_IN_IMAGE}
         spec_json = json.dumps(described, indent=2, sort_keys=True).encode() + b"\n"
         extra_steps, extra_context = components_manifest(
-            spec_json, inherited.family, planned.inherited.python, planned.inherited.wrapper
+            spec_json, inherited.family, planned.handover.python, planned.handover.wrapper
         )
         # before a final USER switch: the manifest is written as root
         cut = len(steps) - 1 if steps and isinstance(steps[-1], ir.User) else len(steps)
@@ -663,7 +666,7 @@ def _resolve_one(
         cmd=own_cmd,
         runtime=runtime,
         labels=tuple(sorted(dict(labels).items())),
-        tests=planned.inherited.tests,
+        tests=planned.handover.tests,
         context=tuple(sorted(plan_context, key=lambda f: f.name)),
     )
     digest = digest_of(image_plan, parent.digest if parent else None)
@@ -697,7 +700,7 @@ def _resolve_one(
         immutable_tags=immutable,
         plan=image_plan,
         digest=digest,
-        inherited=replace(planned.inherited, entrypoint=runtime.entrypoint, cmd=runtime.cmd),
+        handover=replace(planned.handover, entrypoint=runtime.entrypoint, cmd=runtime.cmd),
     )
 
 
@@ -713,7 +716,7 @@ def _entrypoint(content: Content, planned: Planned) -> tuple[str, ...] | None:
     if content.entrypoint is not None:
         return content.entrypoint
     if content.components.analysisbase is not None:
-        return planned.inherited.wrapper
+        return planned.handover.wrapper
     return None
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hepml_images.ir import SetEnv
 from hepml_images.pipeline import render_variants, resolve_directory
-from hepml_images.render.ir import SetEnv
 from hepml_images.spec.load import shipped_dir
 from tests.conftest import require_tool
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from hepml_images import ir
 from hepml_images.build.images import (
     Activity,
     BuildError,
@@ -24,7 +25,6 @@ from hepml_images.build.images import (
     export_manifest,
 )
 from hepml_images.engine import DIGEST_LABEL, EngineError
-from hepml_images.render import ir
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

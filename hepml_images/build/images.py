@@ -18,10 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from hepml_images import ir
 from hepml_images.engine import Activity, BuildRequest, EngineError
 from hepml_images.errors import BuildError, Cancelled
 from hepml_images.hashing import sha256_file
-from hepml_images.render import ir, render
+from hepml_images.render import render
 from hepml_images.render.writers import CA_ARG
 from hepml_images.times import rfc3339
 

@@ -1,9 +1,10 @@
 """Components → build steps. Pure.
 
-Input: one variant's checked ``Content``, what its parent image provides (``Inherited``) and its
-base. Output: the ``Planned`` steps in cache-aware order (what changes rarely comes first: OS
+Input: one variant's checked ``Content``, what its parent image hands over (a ``Handover``) and
+its base. Output: the ``Planned`` steps in cache-aware order (what changes rarely comes first: OS
 packages, CUDA, the release environment, Python, TensorFlow, pip requirements, then files,
-environment and labels), the build-context files, and what children of this image inherit.
+environment and labels), the build-context files, and the ``Handover`` of this image to its
+children.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from hepml_images import ir
 from hepml_images.components import packages
-from hepml_images.render import ir
 
 if TYPE_CHECKING:
     from hepml_images.spec.model import Content, Family
@@ -36,8 +37,8 @@ class PythonEnv:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Inherited:
-    """What an image offers the specs built FROM it."""
+class Handover:
+    """What an image hands over to the specs built FROM it (what a child starts from)."""
 
     family: Family
     release: str | None
@@ -91,11 +92,12 @@ class _Builder:
 
 @dataclass(frozen=True, kw_only=True)
 class Planned:
-    """Steps and context of one image, and what its children inherit."""
+    """Steps and context of one image, and what it hands over to its children."""
 
     steps: tuple[ir.Step, ...]
     context: tuple[ir.ContextFile, ...]
-    inherited: Inherited
+    #: entrypoint and cmd are still the parent's: the resolver sets this image's runtime
+    handover: Handover
 
 
 def _pip(python: PythonEnv, args: str) -> str:
@@ -162,7 +164,7 @@ def _cuda_system(content: Content, family: Family, release: str | None) -> tuple
 def plan(
     content: Content,
     *,
-    parent: Inherited,
+    parent: Handover,
     base: ir.Base,
     tensorflow: TensorflowInstall | None,
     versions: tuple[tuple[str, str], ...],
@@ -283,7 +285,7 @@ def plan(
         out.steps.append(ir.User(name=user))
 
     tests = (*parent.tests, *(ir.Test(name=t.name, run=t.run) for t in content.smoke))
-    inherited = replace(
+    handover = replace(
         parent,
         python=python,
         wrapper=wrapper,
@@ -293,7 +295,7 @@ def plan(
         versions=versions,
         tests=tuple(dict.fromkeys(tests)),
     )
-    return Planned(steps=tuple(out.steps), context=tuple(out.context), inherited=inherited)
+    return Planned(steps=tuple(out.steps), context=tuple(out.context), handover=handover)
 
 
 #: Where every image keeps what it was made from: the resolved spec and its package lists.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from hepml_images.render import ir
+from hepml_images import ir
 from hepml_images.resources import data_path
 
 if TYPE_CHECKING:

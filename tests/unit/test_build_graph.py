@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from hepml_images import ir
 from hepml_images.build import graph
 from hepml_images.build.graph import Builder, Options, State, closure
 from hepml_images.build.images import BuildError, image_config
 from hepml_images.pipeline import resolve_directory
-from hepml_images.render import ir
 from hepml_images.spec.load import shipped_dir
 from tests.unit.fakes import FakeEngine
 

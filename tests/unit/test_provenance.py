@@ -70,7 +70,10 @@ def test_build_labels() -> None:
         epoch=0, revision="a" * 40, source="https://example.org/r", dirty=True
     )
     labels = provenance.build_labels(
-        variant, where, parent_id="sha256:" + "b" * 64, created="1970-01-01T00:00:00Z"
+        where,
+        spec_labels=variant.content.labels,
+        parent_id="sha256:" + "b" * 64,
+        created="1970-01-01T00:00:00Z",
     )
     assert labels["org.opencontainers.image.revision"] == "a" * 40 + "-dirty"
     assert labels["org.opencontainers.image.source"] == "https://example.org/r"
@@ -80,3 +83,15 @@ def test_build_labels() -> None:
     assert plan_labels["org.opencontainers.image.title"] == "debian-hdf5"
     assert plan_labels["org.opencontainers.image.base.name"] == variant.plan.base.ref  # type: ignore[union-attr]
     assert not set(labels) & set(plan_labels)  # build labels never change the content digest
+
+
+def test_spec_labels_win_over_git_for_source_and_url() -> None:
+    where = provenance.Origin(epoch=0, source="https://example.org/from-git")
+    labels = provenance.build_labels(
+        where,
+        spec_labels=(("org.opencontainers.image.source", "https://example.org/from-spec"),),
+        parent_id=None,
+        created="1970-01-01T00:00:00Z",
+    )
+    assert labels["org.opencontainers.image.source"] == "https://example.org/from-spec"
+    assert labels["org.opencontainers.image.url"] == "https://example.org/from-git"

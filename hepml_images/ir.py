@@ -1,8 +1,10 @@
 """The intermediate representation of an image: one object per instruction. Pure data.
 
-Components turn into these steps (``hepml_images.components``); the Dockerfile and Singularity
-writers (``hepml_images.render.writers``) turn the same steps into text. Semantic differences
-between the two formats are handled in the writers, in one place each.
+Components turn into these steps (``hepml_images.components``), the resolver puts them into an
+``ImagePlan`` (``hepml_images.resolve``), and the Dockerfile and Singularity writers
+(``hepml_images.render.writers``) turn the same plan into text. Semantic differences between the
+two formats are handled in the writers, in one place each. This module sits below all three and
+imports nothing from the package, so resolving does not depend on rendering.
 
 Every string in a ``Run`` command is already a safe shell word or quoted; every ``SetEnv`` value
 passed ``spec.values.env_value``; every path passed ``spec.values.abs_path``.
@@ -126,7 +128,11 @@ class Runtime:
 
 @dataclass(frozen=True, kw_only=True)
 class ImagePlan:
-    """Everything a writer needs to produce one image's build files."""
+    """Everything a writer needs to produce one image's build files.
+
+    The field names are part of the content digest (``resolve.digest_of`` hashes the plan as a
+    dict): renaming a field changes every image's digest and forces every image to be rebuilt.
+    """
 
     name: str
     slug: str
