@@ -288,10 +288,19 @@ def repository(value: str) -> str:
     return value
 
 
+#: The most a spec's file mode may be: permission bits, no setuid, setgid or sticky bit.
+MAX_FILE_MODE = 0o777
+
+
 def file_mode(value: str) -> str:
-    """Octal permission bits."""
-    if not re.fullmatch(r"0?[0-7]{3,4}", value):
+    """Octal permission bits (at most 0777: no setuid, setgid or sticky bit)."""
+    if not re.fullmatch(r"0{0,2}[0-7]{3}|0*[1-7][0-7]{3}", value):
         raise ValueProblem(f"file mode must be octal like 0644 or 0755, got {value!r}")
+    if int(value, 8) > MAX_FILE_MODE:
+        raise ValueProblem(
+            f"file mode {value!r} sets the setuid, setgid or sticky bit",
+            "use permission bits only, at most 0777 (e.g. 0644 or 0755)",
+        )
     return f"{int(value, 8):04o}"
 
 
