@@ -34,6 +34,43 @@ def _describe_bad(value: str, allowed: str) -> str:
     return f"{value!r} contains characters that are not allowed here ({shown})"
 
 
+#: Apptainer >= 1.2 replaces ``{{ NAME }}`` anywhere in a definition file by a build argument
+#: (and fails the build when none is given). Python's ``\s`` and ``\w`` are wider than Go's
+#: ASCII classes, so this finds at least what Apptainer finds.
+BUILD_ARG_TEMPLATE = re.compile(r"\{\{\s*\w+\s*\}\}")
+#: Characters that end a line somewhere on the way into a definition file: Apptainer splits
+#: at \n; Jinja's ``indent`` (and Python's ``splitlines``) also at these.
+_OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def definition_text(value: str, what: str) -> str:
+    """``value`` may go into a Singularity definition file as text, without changing its shape.
+
+    Refused: a ``{{ NAME }}`` build-argument template, and a line whose first word starts with
+    ``%`` (Apptainer starts a section at any line whose first word, after any white space,
+    begins with ``%``; indenting the line does not help).
+    """
+    template = BUILD_ARG_TEMPLATE.search(value)
+    if template:
+        raise ValueProblem(
+            f"{what} {_shown(value)} contains {template.group()!r}, which Apptainer would"
+            " replace by a build argument",
+            "write it without the double braces, e.g. { {NAME} }",
+        )
+    for line in value.splitlines():
+        if line.lstrip().startswith("%"):
+            raise ValueProblem(
+                f"{what} {_shown(value)}: a line must not start with % ({_shown(line.strip())})",
+                "in the Singularity definition file it would start a new section",
+            )
+    return value
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """``repr(value)``, shortened: messages quote values, never whole texts."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f" … ({len(value)} chars)"
+
+
 _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(?:=[A-Za-z0-9.+~:-]+)?")
 _RPM_PACKAGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
@@ -168,7 +205,7 @@ def env_value(value: str) -> str:
                 f"environment value {value!r} has an unsupported $ expression {ref.group()!r}",
                 "write $NAME or ${NAME}; other shell expansions are not allowed",
             )
-    return value
+    return definition_text(value, "environment value")
 
 
 _LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
@@ -187,8 +224,8 @@ def label_key(value: str) -> str:
 def label_value(value: str) -> str:
     """A label value: any printable text on one line."""
     if any(ch in value for ch in "\n\r") or not value.isprintable():
-        raise ValueProblem(f"label value {value!r} must be printable text on one line")
-    return value
+        raise ValueProblem(f"label value {_shown(value)} must be printable text on one line")
+    return definition_text(value, "label value")
 
 
 def requirement(value: str) -> str:
@@ -207,7 +244,7 @@ def requirement(value: str) -> str:
             f"{value!r} is not a requirement specifier",
             "pip options belong in component options, not requirements",
         )
-    return str(req)
+    return definition_text(str(req), "requirement")
 
 
 def project_name(value: str) -> str:
@@ -310,19 +347,20 @@ def smoke_command(value: str) -> str:
         raise ValueProblem("a smoke command must not be empty")
     if "\x00" in value:
         raise ValueProblem("a smoke command must not contain NUL bytes")
-    if re.search(r"[\n\r]%", value):
+    odd = _OTHER_LINE_BREAKS.search(value)
+    if odd:
         raise ValueProblem(
-            "a line of a smoke command must not start with %",
-            "in the Singularity definition file it would start a new section; indent the line",
+            f"a smoke command must not contain the line break {odd.group()!r}",
+            "separate lines with a plain newline",
         )
-    return value
+    return definition_text(value, "smoke command")
 
 
 def one_line(value: str, what: str) -> str:
     """Printable text on one line (a description, an exec-form argument)."""
     if not value.isprintable():
-        raise ValueProblem(f"{what} {value!r} must be printable text on one line")
-    return value
+        raise ValueProblem(f"{what} {_shown(value)} must be printable text on one line")
+    return definition_text(value, what)
 
 
 def choice(value: str, what: str, allowed: tuple[str, ...]) -> str:
