@@ -15,8 +15,10 @@ import pytest
 
 from hepml_images.cli import main
 from hepml_images.render.writers import SECTIONS, definition_problems
+from hepml_images.spec import values
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 BASE = "name: demo\nbase:\n  image: debian:12\n  family: debian\n"
@@ -149,3 +151,22 @@ def test_the_template_shape_passes() -> None:
 )
 def test_the_last_check_finds_injected_shape(bad: str) -> None:
     assert definition_problems(bad) != []
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        values.requirement,
+        values.env_value,
+        values.smoke_command,
+        lambda v: values.one_line(v, "description"),
+        values.abs_path,
+        values.image_ref,
+    ],
+)
+def test_messages_quote_at_most_a_snippet_of_a_value(check: Callable[[str], str]) -> None:
+    value = "x" * 100_000 + "\n%post {{ X }} $(id)"
+    with pytest.raises(values.ValueProblem) as caught:
+        check(value)
+    assert len(caught.value.message) < 700
+    assert "100019 chars" in caught.value.message or "x" * 50 in caught.value.message
