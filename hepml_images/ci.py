@@ -189,7 +189,7 @@ def check_inputs(
     for spec, ref in sorted(refs.items()):
         if _GITHUB_EXPRESSION in ref:
             raise UsageError(
-                f"the path of spec {spec}, {ref!r}, contains '${{{{',"
+                f"the path of spec {spec}, {ref[:200]!r}, contains '${{{{',"
                 " which GitHub Actions would evaluate as an expression",
                 hint="rename or move the spec file",
             )
