@@ -2,7 +2,7 @@
 
 Pure and deterministic: the same variants give the same bytes (jobs in ``extends`` order, parents
 before children, ties by spec and variant name), written with ``yaml.safe_dump(sort_keys=False)``
-from plain data under a header comment.
+from plain data (non-ASCII escaped) under a header comment.
 
 One job per variant (GitHub: one job per spec and parent variant, with a ``strategy.matrix`` leg
 per variant when there are several) runs ``hepml-images build SPEC --variant KEY=VALUE ...
@@ -126,6 +126,7 @@ def generate(
     """
     ordered = in_order(variants)
     refs = dict(spec_refs or {})
+    check_inputs(ordered, refs, provider)
     if provider == "gitlab":
         data = _gitlab(ordered, refs)
         notes = _GITLAB_NOTES
@@ -136,8 +137,62 @@ def generate(
         raise ValueError(f"unknown CI provider {provider!r}")
     command = shlex.join(["hepml-images", "ci", "generate", "--provider", provider, *arguments])
     header = [HEADER, f"regenerate with: {command} -o FILE", "", *notes.splitlines()]
-    body = yaml.safe_dump(data, sort_keys=False, width=4096, allow_unicode=True)
-    return "".join(f"# {line}".rstrip() + "\n" for line in header) + "\n" + body
+    # allow_unicode=False: every non-ASCII character is written as an escape in a double-quoted
+    # scalar. With raw characters, PyYAML writes NEL (U+0085) in a way it reads back as a space,
+    # and U+2028/U+2029 are line breaks to YAML 1.1 parsers but not to YAML 1.2 ones.
+    body = yaml.safe_dump(data, sort_keys=False, width=4096, allow_unicode=False)
+    return "".join(f"# {comment_text(line)}".rstrip() + "\n" for line in header) + "\n" + body
+
+
+def comment_text(text: str) -> str:
+    r"""``text`` for one YAML comment line: every character that is not printable is escaped.
+
+    YAML 1.1 parsers (PyYAML, the libyaml behind GitLab) end a line at \n and \r and also at
+    NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR; a raw one in a comment would start a line of
+    YAML. Escaping everything non-printable (``\n``, ``\x85``, ``\u2028`` …) keeps the comment
+    on its line and shows the character.
+    """
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
+#: What a variant's slug and matrix values may hold to be written into a pipeline: they reach
+#: job names, file names, artifact names and (GitHub) a shell line through ``${{ matrix.slug }}``.
+_PIPELINE_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
+#: GitHub evaluates ``${{ … }}`` anywhere in a workflow's values, quoted or not (also in env:).
+_GITHUB_EXPRESSION = "${{"
+
+
+def check_inputs(
+    variants: Sequence[ResolvedVariant], refs: Mapping[str, str], provider: Provider
+) -> None:
+    """Refuse user strings that a pipeline could not carry as plain data (``UsageError``).
+
+    Slugs and matrix values must be words (letters, digits, ``_ . + -``). For GitHub no string
+    may contain ``${{``: Actions would evaluate it as an expression (a spec path such as
+    ``${{ secrets.GITHUB_TOKEN }}`` would be replaced by the secret), and there is no escape.
+    Everything else (spec paths with spaces, quotes, newlines) is YAML-quoted by the dumper and
+    shell-quoted in script lines.
+    """
+    for variant in variants:
+        named = [(f"variant {variant.slug!r}", variant.slug)]
+        named += [(f"matrix value {axis}={value!r}", value) for axis, value in variant.matrix]
+        for what, value in named:
+            if not _PIPELINE_WORD.fullmatch(value):
+                raise UsageError(
+                    f"{what} of spec {variant.spec} cannot go into a CI pipeline",
+                    hint="matrix values written into pipelines use letters, digits and _ . + -",
+                )
+    if provider != "github":
+        return
+    for spec, ref in sorted(refs.items()):
+        if _GITHUB_EXPRESSION in ref:
+            raise UsageError(
+                f"the path of spec {spec}, {ref[:200]!r}, contains '${{{{',"
+                " which GitHub Actions would evaluate as an expression",
+                hint="rename or move the spec file",
+            )
 
 
 def in_order(variants: Iterable[ResolvedVariant]) -> list[ResolvedVariant]:

@@ -56,6 +56,7 @@ def _console(*, stderr: bool) -> Console:
         stderr=stderr,
         highlight=False,
         emoji=False,
+        markup=False,
         soft_wrap=True,
         width=None if stream.isatty() else _LOG_WIDTH,
     )

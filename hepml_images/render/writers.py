@@ -23,7 +23,9 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from hepml_images import ir
+from hepml_images.errors import Problem, SpecError
 from hepml_images.resources import data_path
+from hepml_images.spec.values import BUILD_ARG_TEMPLATE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -202,6 +204,39 @@ def _environment(plan: ir.ImagePlan) -> list[tuple[str, str]]:
     return items
 
 
+#: The sections the definition template writes, in its order, each at most once.
+SECTIONS = ("%help", "%files", "%post", "%environment", "%runscript", "%test", "%labels")
+
+
+def definition_problems(text: str) -> list[str]:
+    r"""What in a rendered definition file is not the template's own shape (empty: nothing).
+
+    Apptainer starts a section at any line whose first word (after white space) begins with
+    ``%`` (it splits lines at \n; ``splitlines`` splits at more, so this finds at least as
+    many), and replaces ``{{ NAME }}`` anywhere with a build argument. The template writes
+    ``SECTIONS`` at the start of a line, in order, once each, and no ``{{ NAME }}``; a spec
+    value that passed validation but makes any other is caught here before the file is used.
+    """
+    problems: list[str] = []
+    position = -1
+    for line in text.splitlines():
+        words = line.split()
+        if not words or not words[0].startswith("%"):
+            continue
+        name = words[0]
+        index = SECTIONS.index(name) if name in SECTIONS else -1
+        if line != name or index <= position:
+            problems.append(f"a line would start a section: {line.strip()[:80]!r}")
+        else:
+            position = index
+    template = BUILD_ARG_TEMPLATE.search(text)
+    if template:
+        problems.append(
+            f"{template.group()[:80]!r} would be replaced by an Apptainer build argument"
+        )
+    return problems
+
+
 def render(plan: ir.ImagePlan, *, ca_bundle: bool = False) -> Rendered:
     """Render both build files of one image plan.
 
@@ -242,6 +277,14 @@ def render(plan: ir.ImagePlan, *, ca_bundle: bool = False) -> Rendered:
         runscript=_runscript(plan),
         tests=plan.tests,
     )
+    problems = definition_problems(singularity)
+    if problems:
+        raise SpecError(
+            [
+                Problem(file=plan.name, line=None, path=f"variant {plan.slug}", message=message)
+                for message in problems
+            ]
+        )
     return Rendered(
         dockerfile=dockerfile,
         singularity=singularity,

@@ -28,10 +28,47 @@ class ValueProblem(ValueError):  # noqa: N818 - a problem in a value, reported, 
 _SHELL_CHARS = set("`$;&|<>(){}[]*?!~#'\"\\\n\r\t ")
 
 
+def _shown(value: str, limit: int = 200) -> str:
+    """``repr(value)``, shortened: messages quote values, never whole texts."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f" … ({len(value)} chars)"
+
+
 def _describe_bad(value: str, allowed: str) -> str:
     bad = sorted({ch for ch in value if not re.fullmatch(allowed, ch)})
     shown = ", ".join(repr(ch) for ch in bad[:5])
-    return f"{value!r} contains characters that are not allowed here ({shown})"
+    return f"{_shown(value)} contains characters that are not allowed here ({shown})"
+
+
+#: Apptainer >= 1.2 replaces ``{{ NAME }}`` anywhere in a definition file by a build argument
+#: (and fails the build when none is given). Python's ``\s`` and ``\w`` are wider than Go's
+#: ASCII classes, so this finds at least what Apptainer finds.
+BUILD_ARG_TEMPLATE = re.compile(r"\{\{\s*\w+\s*\}\}")
+#: Characters that end a line somewhere on the way into a definition file: Apptainer splits
+#: at \n; Jinja's ``indent`` (and Python's ``splitlines``) also at these.
+_OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def definition_text(value: str, what: str) -> str:
+    """``value`` may go into a Singularity definition file as text, without changing its shape.
+
+    Refused: a ``{{ NAME }}`` build-argument template, and a line whose first word starts with
+    ``%`` (Apptainer starts a section at any line whose first word, after any white space,
+    begins with ``%``; indenting the line does not help).
+    """
+    template = BUILD_ARG_TEMPLATE.search(value)
+    if template:
+        raise ValueProblem(
+            f"{what} {_shown(value)} contains {template.group()!r}, which Apptainer would"
+            " replace by a build argument",
+            "write it without the double braces, e.g. { {NAME} }",
+        )
+    for line in value.splitlines():
+        if line.lstrip().startswith("%"):
+            raise ValueProblem(
+                f"{what} {_shown(value)}: a line must not start with % ({_shown(line.strip())})",
+                "in the Singularity definition file it would start a new section",
+            )
+    return value
 
 
 _APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(?:=[A-Za-z0-9.+~:-]+)?")
@@ -52,7 +89,8 @@ def package(value: str, family: str) -> str:
                 _describe_bad(value, r"[A-Za-z0-9_.+=~:-]"), f"a package name looks like {example}"
             )
         raise ValueProblem(
-            f"{value!r} is not a valid {family} package name", f"expected something like {example}"
+            f"{_shown(value)} is not a valid {family} package name",
+            f"expected something like {example}",
         )
     return value
 
@@ -65,7 +103,7 @@ def major_minor(value: str, what: str) -> str:
     """A version written major.minor, such as a Python or CUDA version."""
     if not _MAJOR_MINOR.fullmatch(value):
         raise ValueProblem(
-            f"{what} must be written major.minor, got {value!r}",
+            f"{what} must be written major.minor, got {_shown(value)}",
             'for example "3.11" (quoted, so YAML keeps it text)',
         )
     return value
@@ -75,12 +113,12 @@ def release(value: str, what: str) -> str:
     """A dotted numeric release such as ``2.18.1`` or ``25.2.30``."""
     if not _RELEASE.fullmatch(value):
         raise ValueProblem(
-            f"{what} must be a dotted release number, got {value!r}", 'for example "2.18.1"'
+            f"{what} must be a dotted release number, got {_shown(value)}", 'for example "2.18.1"'
         )
     try:
         Version(value)
     except InvalidVersion:  # pragma: no cover - the regex admits only valid versions
-        raise ValueProblem(f"{what} {value!r} is not a valid version") from None
+        raise ValueProblem(f"{what} {_shown(value)} is not a valid version") from None
     return value
 
 
@@ -90,7 +128,7 @@ def spec_version(value: str) -> str:
         Version(value)
     except InvalidVersion:
         raise ValueProblem(
-            f"{value!r} is not a valid version", 'use a version such as "1.2.0"'
+            f"{_shown(value)} is not a valid version", 'use a version such as "1.2.0"'
         ) from None
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
         raise ValueProblem(_describe_bad(value, r"[A-Za-z0-9_.+-]"))
@@ -103,14 +141,14 @@ _PATH = re.compile(r"/(?:[A-Za-z0-9._@+-]+/?)*")
 def abs_path(value: str, what: str = "path") -> str:
     """An absolute path in the image: safe characters, no `..`."""
     if not value.startswith("/"):
-        raise ValueProblem(f"{what} must be absolute, got {value!r}", "start it with /")
+        raise ValueProblem(f"{what} must be absolute, got {_shown(value)}", "start it with /")
     if not _PATH.fullmatch(value):
         raise ValueProblem(
             _describe_bad(value, r"[A-Za-z0-9._@+/-]"),
             f"{what} may contain letters, digits and . _ @ + - /",
         )
     if any(part == ".." for part in value.split("/")):
-        raise ValueProblem(f"{what} must not contain '..', got {value!r}")
+        raise ValueProblem(f"{what} must not contain '..', got {_shown(value)}")
     return value.rstrip("/") or "/"
 
 
@@ -125,7 +163,7 @@ def rel_path(value: str, what: str = "path") -> str:
         or any(p == ".." for p in value.split("/"))
     ):
         raise ValueProblem(
-            f"{what} must be a path relative to the spec file without '..', got {value!r}",
+            f"{what} must be a path relative to the spec file without '..', got {_shown(value)}",
             "put the file next to the spec or in a folder below it",
         )
     return value
@@ -139,7 +177,7 @@ def env_name(value: str) -> str:
     """An environment variable name."""
     if not _ENV_NAME.fullmatch(value):
         raise ValueProblem(
-            f"{value!r} is not a valid environment variable name",
+            f"{_shown(value)} is not a valid environment variable name",
             "use letters, digits and _, not starting with a digit",
         )
     return value
@@ -150,13 +188,13 @@ def env_value(value: str) -> str:
     match = _ENV_VALUE_BAD.search(value)
     if match:
         raise ValueProblem(
-            f"environment value {value!r} contains {match.group()!r}, which is not allowed",
+            f"environment value {_shown(value)} contains {match.group()!r}, which is not allowed",
             "values may use $VAR and ${VAR}, but no backquotes, $( ), double quotes,"
             " backslashes or newlines",
         )
     if not value.isprintable():
         raise ValueProblem(
-            f"environment value {value!r} must be printable text on one line",
+            f"environment value {_shown(value)} must be printable text on one line",
             "no tabs, control characters or line separators",
         )
     for ref in re.finditer(r"\$(\{[^}]*\}?|.?)", value):
@@ -165,10 +203,11 @@ def env_value(value: str) -> str:
             re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", body) or re.fullmatch(r"[A-Za-z_]", body)
         ):
             raise ValueProblem(
-                f"environment value {value!r} has an unsupported $ expression {ref.group()!r}",
+                f"environment value {_shown(value)} has an unsupported $ expression"
+                f" {ref.group()!r}",
                 "write $NAME or ${NAME}; other shell expansions are not allowed",
             )
-    return value
+    return definition_text(value, "environment value")
 
 
 _LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
@@ -178,7 +217,7 @@ def label_key(value: str) -> str:
     """An OCI label key (reverse-DNS style: lower case, digits, dots, dashes)."""
     if not _LABEL_KEY.fullmatch(value):
         raise ValueProblem(
-            f"{value!r} is not a valid label key",
+            f"{_shown(value)} is not a valid label key",
             "use lower-case reverse-DNS keys such as org.example.owner",
         )
     return value
@@ -187,8 +226,8 @@ def label_key(value: str) -> str:
 def label_value(value: str) -> str:
     """A label value: any printable text on one line."""
     if any(ch in value for ch in "\n\r") or not value.isprintable():
-        raise ValueProblem(f"label value {value!r} must be printable text on one line")
-    return value
+        raise ValueProblem(f"label value {_shown(value)} must be printable text on one line")
+    return definition_text(value, "label value")
 
 
 def requirement(value: str) -> str:
@@ -197,17 +236,17 @@ def requirement(value: str) -> str:
         req = Requirement(value)
     except InvalidRequirement as exc:
         # packaging's message is several lines (the text and a caret); a problem is one line
-        reason = str(exc).splitlines()[0] if str(exc) else "parse error"
+        reason = str(exc).splitlines()[0][:200] if str(exc) else "parse error"
         raise ValueProblem(
-            f"{value!r} is not a valid requirement: {reason}",
+            f"{_shown(value)} is not a valid requirement: {reason}",
             "for example numpy==2.1.3 or uproot>=5",
         ) from None
     if "\n" in value or value.strip().startswith("-"):
         raise ValueProblem(
-            f"{value!r} is not a requirement specifier",
+            f"{_shown(value)} is not a requirement specifier",
             "pip options belong in component options, not requirements",
         )
-    return str(req)
+    return definition_text(str(req), "requirement")
 
 
 def project_name(value: str) -> str:
@@ -223,7 +262,7 @@ def url(value: str, what: str = "URL") -> str:
     """An http(s) URL without spaces, quotes or shell characters."""
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueProblem(f"{what} must be an http:// or https:// URL, got {value!r}")
+        raise ValueProblem(f"{what} must be an http:// or https:// URL, got {_shown(value)}")
     if (
         not re.fullmatch(r"[A-Za-z0-9._~:/?#@!$&+,;=%-]+", value)
         or "$" in value
@@ -246,11 +285,11 @@ def image_ref(value: str) -> str:
     """An image reference ``[registry/]repository[:tag]`` (a digest goes in ``digest``)."""
     if "@" in value:
         raise ValueProblem(
-            f"{value!r} contains a digest", "write the digest under `digest:` instead"
+            f"{_shown(value)} contains a digest", "write the digest under `digest:` instead"
         )
     if not _IMAGE_REF.fullmatch(value):
         raise ValueProblem(
-            f"{value!r} is not a valid image reference",
+            f"{_shown(value)} is not a valid image reference",
             "for example almalinux:9.4 or registry.example.org/group/name:tag",
         )
     return value
@@ -260,7 +299,7 @@ def image_digest(value: str) -> str:
     """A content digest ``sha256:<64 hex>``."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
         raise ValueProblem(
-            f"{value!r} is not a sha256 digest",
+            f"{_shown(value)} is not a sha256 digest",
             "write sha256: followed by 64 lower-case hex digits",
         )
     return value
@@ -273,7 +312,7 @@ def tag(value: str) -> str:
     """A Docker tag after expansion."""
     if not _TAG.fullmatch(value):
         raise ValueProblem(
-            f"tag {value!r} is not valid",
+            f"tag {_shown(value)} is not valid",
             "tags use letters, digits, _ . - and at most 128 characters",
         )
     return value
@@ -283,15 +322,25 @@ def repository(value: str) -> str:
     """A registry repository ``host[:port]/path`` without tag."""
     if ":" in value.rsplit("/", 1)[-1] or "@" in value or not _IMAGE_REF.fullmatch(value):
         raise ValueProblem(
-            f"{value!r} is not a repository name", "for example ghcr.io/org/name, without a tag"
+            f"{_shown(value)} is not a repository name",
+            "for example ghcr.io/org/name, without a tag",
         )
     return value
 
 
+#: The most a spec's file mode may be: permission bits, no setuid, setgid or sticky bit.
+MAX_FILE_MODE = 0o777
+
+
 def file_mode(value: str) -> str:
-    """Octal permission bits."""
-    if not re.fullmatch(r"0?[0-7]{3,4}", value):
-        raise ValueProblem(f"file mode must be octal like 0644 or 0755, got {value!r}")
+    """Octal permission bits (at most 0777: no setuid, setgid or sticky bit)."""
+    if not re.fullmatch(r"0{0,2}[0-7]{3}|0*[1-7][0-7]{3}", value):
+        raise ValueProblem(f"file mode must be octal like 0644 or 0755, got {_shown(value)}")
+    if int(value, 8) > MAX_FILE_MODE:
+        raise ValueProblem(
+            f"file mode {_shown(value)} sets the setuid, setgid or sticky bit",
+            "use permission bits only, at most 0777 (e.g. 0644 or 0755)",
+        )
     return f"{int(value, 8):04o}"
 
 
@@ -301,32 +350,33 @@ def smoke_command(value: str) -> str:
         raise ValueProblem("a smoke command must not be empty")
     if "\x00" in value:
         raise ValueProblem("a smoke command must not contain NUL bytes")
-    if re.search(r"[\n\r]%", value):
+    odd = _OTHER_LINE_BREAKS.search(value)
+    if odd:
         raise ValueProblem(
-            "a line of a smoke command must not start with %",
-            "in the Singularity definition file it would start a new section; indent the line",
+            f"a smoke command must not contain the line break {odd.group()!r}",
+            "separate lines with a plain newline",
         )
-    return value
+    return definition_text(value, "smoke command")
 
 
 def one_line(value: str, what: str) -> str:
     """Printable text on one line (a description, an exec-form argument)."""
     if not value.isprintable():
-        raise ValueProblem(f"{what} {value!r} must be printable text on one line")
-    return value
+        raise ValueProblem(f"{what} {_shown(value)} must be printable text on one line")
+    return definition_text(value, what)
 
 
 def choice(value: str, what: str, allowed: tuple[str, ...]) -> str:
     """One of a fixed set of words (checked again after matrix substitution)."""
     if value not in allowed:
-        raise ValueProblem(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+        raise ValueProblem(f"{what} must be one of {', '.join(allowed)}; got {_shown(value)}")
     return value
 
 
 def suite(value: str) -> str:
     """A Debian suite or codename."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", value):
-        raise ValueProblem(f"{value!r} is not a valid suite name", "for example bookworm")
+        raise ValueProblem(f"{_shown(value)} is not a valid suite name", "for example bookworm")
     return value
 
 
