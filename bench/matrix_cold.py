@@ -20,7 +20,8 @@ import docker
 from bench.common import HOST_CA, hepml, timed
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.engine import connect
-from hepml_images.pipeline import resolve_specs, write_build_dir
+from hepml_images.outputs import write_build_dir
+from hepml_images.pipeline import resolve_specs
 from hepml_images.render import render
 
 TOOLS = """\

@@ -23,7 +23,8 @@ from hepml_images import ir
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.build.images import bootstrap_argv
 from hepml_images.engine import connect
-from hepml_images.pipeline import DEFAULT_EPOCH, resolve_specs, write_build_dir
+from hepml_images.outputs import write_build_dir
+from hepml_images.pipeline import DEFAULT_EPOCH, resolve_specs
 from hepml_images.render import render
 from hepml_images.resolve import lineage
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hepml_images import __version__, display, grid, imageinfo, pipeline
+from hepml_images import __version__, display, grid, imageinfo, outputs, pipeline
 from hepml_images.build.ca import CA_ENV
 from hepml_images.doctor import CHECK_NAMES, Status, evaluate, gather, required_checks
 from hepml_images.engine import connect
@@ -229,7 +229,7 @@ def render(
         OutputFormat, typer.Option("--format", "-f", help="Which files to write.")
     ] = OutputFormat.all,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--output",
             "-o",
@@ -238,9 +238,10 @@ def render(
     ] = None,
 ) -> None:
     """Render Dockerfile and Singularity.def (and build-context files) for a spec's variants."""
+    directory = None if output is None else outputs.output_path(output)
     resolution = pipeline.resolve_specs([spec], variant or [])
     rendered = pipeline.render_variants(resolution.selected)
-    if output is None:
+    if directory is None:
         if fmt is OutputFormat.all:
             raise UsageError(
                 "--format all writes several files: give -o DIR",
@@ -255,12 +256,11 @@ def render(
         files = rendered[0][1]
         sys.stdout.write(files.dockerfile if fmt is OutputFormat.docker else files.singularity)
         return
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"{output} exists and is not a directory")
     for resolved, files in rendered:
-        target = output if len(rendered) == 1 else output / resolved.slug
-        written = pipeline.write_build_dir(files, target, fmt.value)
-        names = [p.name for p in written if p.name in pipeline.FILENAMES.values()]
+        subdir = None if len(rendered) == 1 else resolved.slug
+        target = directory if subdir is None else directory / subdir
+        written = outputs.write_build_dir(files, directory, fmt.value, subdir=subdir)
+        names = [p.name for p in written if p.name in outputs.FILENAMES.values()]
         err.print(
             f"{resolved.key}: wrote {', '.join(names)} and"
             f" {len(written) - len(names)} context file(s) to {target}",
@@ -637,7 +637,7 @@ def ducc_wishlist(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         str, typer.Option("--output-format", help="How DUCC names the thin images.")
     ] = grid.DUCC_OUTPUT_FORMAT,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+        str | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
     """A DUCC wishlist for the published images, pinned by manifest digest (CVMFS unpacking)."""
@@ -648,9 +648,8 @@ def ducc_wishlist(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     if output is None:
         out.print(text, end="", markup=False)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    err.print(f"wrote {output}: {len(entries)} images for {cvmfs_repo}", markup=False)
+    written = outputs.write_file(outputs.output_path(output), text.encode())
+    err.print(f"wrote {written}: {len(entries)} images for {cvmfs_repo}", markup=False)
 
 
 # --- hepml-images ci generate ----------------------------------------------------------------
@@ -675,7 +674,7 @@ def ci_generate(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--output", "-o", help="Write the pipeline to this file (default: stdout)."),
     ] = None,
 ) -> None:
@@ -694,12 +693,9 @@ def ci_generate(
     if output is None:
         sys.stdout.write(text)
         return
-    if output.is_dir():
-        raise UsageError(f"{output} is a directory", hint="give -o a file name")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+    written = outputs.write_file(outputs.output_path(output), text.encode())
     err.print(
-        f"wrote {output}: {provider.value} pipeline for {len(ci.in_order(resolution.variants))}"
+        f"wrote {written}: {provider.value} pipeline for {len(ci.in_order(resolution.variants))}"
         " variants",
         markup=False,
     )

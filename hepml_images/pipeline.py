@@ -3,7 +3,7 @@
 Each stage is a function that takes the previous stage's result and returns its own:
 
     resolve_specs / resolve_directory  → Resolution        (pure)
-    render_variants                    → [(variant, Rendered)] (pure; write_build_dir writes)
+    render_variants                    → [(variant, Rendered)] (pure; outputs.write_build_dir)
     build                              → Built             (engine: images in extends order)
     smoke_test_built / smoke_test      → Tested            (engine: check containers)
     make_sifs / make_sandbox           → [(variant, Made)] (engine, mksquashfs / Apptainer)
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from hepml_images.smoke.runner import GpuHost
     from hepml_images.smoke.session import ImageReport
 
-Format = Literal["docker", "singularity", "all"]
 SifBuilder = Literal["auto", "native", "apptainer"]
 #: (variant, image ID): what the stages after the build hand on
 Target = tuple[ResolvedVariant, str]
@@ -65,7 +64,6 @@ DEFAULT_SPECS = ("debian-tensorflow",)
 DEFAULT_SELECTION = ("accelerator=cpu",)
 #: SOURCE_DATE_EPOCH when neither the environment nor git gives one (see ``provenance``).
 DEFAULT_EPOCH = provenance.DEFAULT_EPOCH
-FILENAMES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
 
 
 class Events(Protocol):
@@ -137,25 +135,6 @@ def resolve_directory(directory: Path) -> Resolution:
 def render_variants(variants: Sequence[ResolvedVariant]) -> list[tuple[ResolvedVariant, Rendered]]:
     """Render every variant's build files."""
     return [(variant, render(variant.plan)) for variant in variants]
-
-
-def write_build_dir(rendered: Rendered, directory: Path, fmt: Format) -> list[Path]:
-    """Write one variant's build files and context into ``directory``; return the paths written."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    texts = {"docker": rendered.dockerfile, "singularity": rendered.singularity}
-    for kind, text in texts.items():
-        if fmt in {kind, "all"}:
-            path = directory / FILENAMES[kind]
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
-    for item in rendered.context:
-        path = directory / item.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(item.content)
-        os.chmod(path, item.mode)  # noqa: PTH101 - explicit mode, independent of umask
-        written.append(path)
-    return written
 
 
 def variant_from_labels(
