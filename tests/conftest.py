@@ -47,3 +47,23 @@ def require_tool(name: str) -> str:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_in_unit_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit test that reaches the real Docker Engine fails: only integration tests may.
+
+    Every connection to the engine is made by ``engine.dockerapi._sdk_client``; unit tests get
+    one that fails the test, so policy tests cannot pass by accident against a real daemon.
+    """
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    from hepml_images.engine import dockerapi
+
+    def refuse(timeout: int) -> object:
+        del timeout
+        pytest.fail("a unit test tried to reach the Docker Engine: mark it integration")
+
+    monkeypatch.setattr(dockerapi, "_sdk_client", refuse)

@@ -60,3 +60,17 @@ def test_layers(globs: tuple[str, ...], forbidden: str) -> None:
         if _within(name, forbidden)
     ]
     assert not offenders, "\n".join(offenders)
+
+
+def test_only_the_engine_layer_imports_the_docker_sdk() -> None:
+    engine = PACKAGE / "engine"
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)} imports {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if engine not in path.parents
+        for name in sorted(imported(path.read_text(encoding="utf-8")))
+        if _within(name, "docker")
+    ]
+    assert offenders == []
+    inside = {name for path in engine.rglob("*.py") for name in imported(path.read_text())}
+    assert any(_within(name, "docker") for name in inside), "the engine layer uses the SDK"
