@@ -17,7 +17,7 @@ import jsonschema
 
 from hepml_images.errors import Problem, SpecError
 from hepml_images.resources import data_path
-from hepml_images.spec import values, yamlload
+from hepml_images.spec import files, values, yamlload
 from hepml_images.spec.model import SpecFile
 from hepml_images.spec.schema import EXPRESSION, SPEC_SCHEMA
 
@@ -248,13 +248,9 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
             ]
         )
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError([Problem(filename, None, "", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError(
-            [Problem(filename, None, "", f"cannot read the file: {exc.strerror}")]
-        ) from None
+        raw = files.read_regular(path, limit=yamlload.MAX_BYTES, what="the file")
+    except files.FileProblem as exc:
+        raise SpecError([Problem(filename, None, "", exc.message, exc.hint)]) from None
     try:
         document = yamlload.parse(raw, filename)
     except yamlload.YamlProblem as exc:
@@ -319,19 +315,11 @@ def _read_attachments(spec: SpecFile) -> list[Problem]:
         except values.ValueProblem as exc:
             problems.append(Problem(filename, line, key, exc.message, exc.hint))
             continue
-        target = spec.path.parent / rel
+        limit = files.MAX_LOCK_BYTES if key == "components.pip.file" else files.MAX_FILE_BYTES
         try:
-            spec.attachments[rel] = target.read_bytes()
-        except IsADirectoryError:
-            problems.append(
-                Problem(filename, line, key, f"{rel!r} is a directory; list files one by one")
-            )
-        except OSError as exc:
-            problems.append(
-                Problem(
-                    filename, line, key, f"cannot read {rel!r} (next to the spec): {exc.strerror}"
-                )
-            )
+            spec.attachments[rel] = files.read_inside(spec.path.parent, rel, limit=limit)
+        except files.FileProblem as exc:
+            problems.append(Problem(filename, line, key, exc.message, exc.hint))
     return problems
 
 
