@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,15 @@ from hepml_images.spec.model import Bootstrap
 DIGEST_FORMAT = 1
 #: Local repository prefix of the images this tool builds.
 LOCAL_PREFIX = "hepml"
+#: Most variants one spec may expand to (its parent's variants times its own axes), checked
+#: before the matrix is expanded: each variant is a build, and 6 axes of 20 values are 64 million.
+MAX_VARIANTS = 256
+#: Most `include` or `exclude` entries of one matrix (each is compared with every variant).
+MAX_MATRIX_ENTRIES = 256
+#: Specs of an extends cycle named in its message.
+_CYCLE_SHOWN = 8
+#: Longest `extends` chain (a spec, its parent, its parent's parent …).
+MAX_EXTENDS_DEPTH = 32
 
 _EXPR = re.compile(EXPRESSION)
 _EXPR_PARTS = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z0-9_-]+)\s*\}\}")
@@ -125,32 +135,56 @@ class _Problems:
 
 
 def _order(specs: Mapping[str, SpecFile], problems: _Problems) -> list[str]:
-    """Specs in dependency order; extends cycles are reported."""
-    state: dict[str, int] = {}
+    """Specs in dependency order; extends cycles and over-long chains are reported.
+
+    Iterative, not recursive: a chain of thousands of specs must end in a problem, not in a
+    RecursionError.
+    """
+    done: set[str] = set()
+    in_cycle: set[str] = set()
+    depth: dict[str, int] = {}
     order: list[str] = []
 
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:  # noqa: PLR2004
-            return
-        if state.get(name) == 1:
-            cycle = [*trail[trail.index(name) :], name]
-            for member in cycle[:-1]:
+    def parent_of(name: str) -> str | None:
+        parent = specs[name].data.get("extends")
+        return parent if isinstance(parent, str) and parent in specs else None
+
+    for start in sorted(specs):
+        trail: list[str] = []
+        on_trail: set[str] = set()
+        name: str | None = start
+        while name is not None and name not in done:
+            if name in on_trail:
+                cycle = [*trail[trail.index(name) :], name]
+                shown = (
+                    cycle
+                    if len(cycle) <= _CYCLE_SHOWN
+                    else [*cycle[: _CYCLE_SHOWN - 1], f"… {len(cycle) - _CYCLE_SHOWN} more …", name]
+                )
+                for member in cycle[:-1]:
+                    problems.add(
+                        specs[member],
+                        "extends",
+                        f"extends cycle: {' → '.join(shown)}",
+                        "a spec cannot be built FROM itself, directly or through others",
+                    )
+                in_cycle.update(cycle)
+                break
+            trail.append(name)
+            on_trail.add(name)
+            name = parent_of(name)
+        for member in reversed(trail):
+            parent = parent_of(member)
+            depth[member] = depth.get(parent, 0) + 1 if parent is not None else 1
+            if depth[member] == MAX_EXTENDS_DEPTH + 1 and member not in in_cycle:
                 problems.add(
                     specs[member],
                     "extends",
-                    f"extends cycle: {' → '.join(cycle)}",
-                    "a spec cannot be built FROM itself, directly or through others",
+                    f"the extends chain is more than {MAX_EXTENDS_DEPTH} specs long",
+                    f"an image may stack at most {MAX_EXTENDS_DEPTH} specs",
                 )
-            return
-        state[name] = 1
-        parent = specs[name].data.get("extends")
-        if isinstance(parent, str) and parent in specs:
-            visit(parent, [*trail, name])
-        state[name] = 2
-        order.append(name)
-
-    for name in sorted(specs):
-        visit(name, [])
+            done.add(member)
+            order.append(member)
     return order
 
 
@@ -187,6 +221,28 @@ def _substitute(
             "write ${{ matrix.NAME }} or ${{ spec.NAME }}",
         )
     return result
+
+
+def _too_large(spec: SpecFile, matrix: Mapping[str, Any], count: int, problems: _Problems) -> bool:
+    """Report a matrix over the limits (checked before it is expanded)."""
+    if count > MAX_VARIANTS:
+        problems.add(
+            spec,
+            "matrix",
+            f"the matrix expands to {count} variants (before exclude); the limit is"
+            f" {MAX_VARIANTS} per spec",
+            "split the spec, or narrow the axes",
+        )
+        return True
+    for kind in ("include", "exclude"):
+        if len(matrix.get(kind, [])) > MAX_MATRIX_ENTRIES:
+            problems.add(
+                spec,
+                f"matrix.{kind}",
+                f"{len(matrix[kind])} {kind} entries; the limit is {MAX_MATRIX_ENTRIES}",
+            )
+            return True
+    return False
 
 
 def _combinations(
@@ -254,12 +310,20 @@ def _combinations(
     for i, e in enumerate(includes):
         check_entry("include", i, e, axes_only=False)
 
+    kept = [
+        parent
+        for parent in parents
+        if not any(
+            (dict(parent.matrix) if parent else {}).get(axis) not in allowed
+            for axis, allowed in narrowed.items()
+        )
+    ]
+    if _too_large(spec, matrix, len(kept) * math.prod(map(len, new_axes.values())), problems):
+        return []
     results = []
-    for parent in parents:
+    for parent in kept:
         base_ctx = dict(parent.matrix) if parent else {}
         extra_ctx = dict(parent.context) if parent else {}
-        if any(base_ctx.get(axis) not in allowed for axis, allowed in narrowed.items()):
-            continue
         for combo in itertools.product(*new_axes.values()):
             axis_values = {**base_ctx, **dict(zip(new_axes, combo, strict=True))}
             if any(all(axis_values.get(k) == v for k, v in e.items()) for e in excludes):

@@ -28,9 +28,30 @@ _VALIDATOR = jsonschema.Draft202012Validator(SPEC_SCHEMA)
 SUFFIXES = (".yaml", ".yml")
 
 
+#: Longest word that gets a "did you mean" (difflib's cost grows with the square of lengths).
+SUGGEST_MAX_CHARS = 64
+#: Most candidates compared for a "did you mean" (those closest in length are kept).
+SUGGEST_MAX_CHOICES = 1000
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """Return a "did you mean …?" hint for a misspelt word, or None."""
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    """Return a "did you mean …?" hint for a misspelt word, or None.
+
+    Bounded in cost whatever the input: a long word gets no suggestion, candidates whose length
+    rules out a close match are skipped (that changes no answer), and at most
+    ``SUGGEST_MAX_CHOICES`` are compared.
+    """
+    if len(word) > SUGGEST_MAX_CHARS:
+        return None
+    # difflib's ratio is 2*matches/(len(a)+len(b)); 0.6 needs the lengths within 2/3 of the word
+    slack = -(-2 * len(word) // 3)
+    near = sorted(
+        {c for c in choices if len(c) <= SUGGEST_MAX_CHARS and abs(len(c) - len(word)) <= slack}
+    )
+    if len(near) > SUGGEST_MAX_CHOICES:
+        near = sorted(near, key=lambda c: (abs(len(c) - len(word)), c))[:SUGGEST_MAX_CHOICES]
+        near.sort()
+    close = difflib.get_close_matches(word, near, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
 
 
@@ -199,7 +220,6 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
             sub = jsonschema.Draft202012Validator(rule[branch])
             out = []
             for inner in sub.iter_errors(error.instance):
-                inner.path.extendleft(reversed(parts))
                 out.extend(_translate(_rebase(inner, parts), filename, document))
             return out or [problem(error.message)]
         return [problem(f"expected {_type_name(error.instance)} to be a string or a mapping")]
@@ -226,9 +246,11 @@ def _rebase(
     error: jsonschema.ValidationError, parts: list[str | int]
 ) -> jsonschema.ValidationError:
     """Make ``absolute_path`` of an error found in a sub-validation include the outer path."""
+    inner = list(error.relative_path)  # the same deque as ``error.path``: copy it first
+    if inner[: len(parts)] == parts:
+        inner = inner[len(parts) :]
     error.relative_path.clear()
-    error.relative_path.extend(parts)
-    error.relative_path.extend(list(error.path)[len(parts) :])
+    error.relative_path.extend([*parts, *inner])
     return error
 
 
@@ -357,13 +379,15 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
             index_cache[directory] = found
         return index_cache[directory]
 
+    by_file: dict[Path, SpecFile] = {}
+    shipped = shipped_dir().resolve()
+
     def add(path: Path) -> SpecFile | None:
         resolved = path.resolve()
-        for existing in specs.values():
-            if existing.path.resolve() == resolved:
-                return existing
+        if resolved in by_file:
+            return by_file[resolved]
         try:
-            spec = read_spec(path, shipped=path.parent.resolve() == shipped_dir().resolve())
+            spec = read_spec(path, shipped=resolved.parent == shipped)
         except SpecError as exc:
             problems.extend(exc.problems)
             return None
@@ -380,6 +404,7 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
             )
             return None
         specs[spec.name] = spec
+        by_file[resolved] = spec
         return spec
 
     pending: list[SpecFile] = []

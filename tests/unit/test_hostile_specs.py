@@ -10,12 +10,18 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from hepml_images import resolve
 from hepml_images.errors import SpecError
-from hepml_images.pipeline import render_variants, resolve_specs
-from hepml_images.spec import files
+from hepml_images.pipeline import render_variants, resolve_directory, resolve_specs
+from hepml_images.spec import files, yamlload
+from hepml_images.spec.load import did_you_mean
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HEAD = """\
 name: hostile
@@ -171,3 +177,126 @@ def test_read_stops_at_the_limit_when_the_size_lies() -> None:
         pytest.skip("no /proc")
     with pytest.raises(files.FileProblem, match="larger than the limit"):
         files.read_regular(Path("/proc/self/status"), limit=8, what="x")
+
+
+# --- 2. resources: every limit checked before the work ----------------------------------------
+
+
+def quickly(seconds: float = 5.0) -> Callable[[], None]:
+    started = time.monotonic()
+
+    def check() -> None:
+        assert time.monotonic() - started < seconds, "took too long"
+
+    return check
+
+
+def test_huge_matrix_is_refused_before_expansion(tmp_path: Path) -> None:
+    axes = "".join(
+        f"  a{axis}: [{', '.join(f'v{value}' for value in range(20))}]\n" for axis in range(6)
+    )
+    spec = write(tmp_path, HEAD + "matrix:\n" + axes)
+    done = quickly(2)
+    found = problems(spec)
+    done()
+    assert has(found, "matrix", "64000000 variants", f"limit is {resolve.MAX_VARIANTS}")
+
+
+def test_matrix_of_a_child_counts_its_parents_variants(tmp_path: Path) -> None:
+    values = ", ".join(f"v{n}" for n in range(20))
+    write(tmp_path, HEAD.replace("hostile", "parent") + f"matrix:\n  a: [{values}]\n", "parent")
+    child = write(tmp_path, f"name: child\nextends: parent\nmatrix:\n  b: [{values}]\n", "child")
+    assert has(problems(child), "matrix", "400 variants")
+
+
+def test_too_many_include_entries(tmp_path: Path) -> None:
+    entries = "".join(f"    - {{a: x, k{n}: v}}\n" for n in range(resolve.MAX_MATRIX_ENTRIES + 1))
+    spec = write(tmp_path, HEAD + "matrix:\n  a: [x]\n  include:\n" + entries)
+    assert has(problems(spec), "matrix.include", "the limit is 256")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: x\nbase: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "name: x\nbase: " + "{a: " * 50_000 + "1" + "}" * 50_000 + "\n",
+        "name: x\nbase:\n" + "".join(" " * n + "- \n" for n in range(0, 400, 2)),
+    ],
+    ids=["flow-lists", "flow-maps", "block-lists"],
+)
+def test_deep_nesting_is_a_problem_not_a_recursion_error(tmp_path: Path, text: str) -> None:
+    spec = write(tmp_path, text)
+    done = quickly()
+    found = problems(spec)
+    done()
+    assert any(
+        m.startswith(f"nesting deeper than {yamlload.MAX_DEPTH}") and k.startswith("base")
+        for _, k, m in found
+    )
+
+
+def test_alias_expansion_is_bounded_in_bytes(tmp_path: Path) -> None:
+    big = "y" * 200_000
+    text = (
+        HEAD
+        + f"description: &big {big}\nlabels:\n"
+        + "".join(f"  k{n}: *big\n" for n in range(100))
+    )
+    spec = write(tmp_path, text)
+    done = quickly()
+    found = problems(spec)
+    done()
+    assert any("bytes of text" in m and k.startswith("labels.") for _, k, m in found)
+
+
+def test_long_extends_chain_is_refused_without_recursion(tmp_path: Path) -> None:
+    write(tmp_path, HEAD.replace("hostile", "s0"), "s0")
+    for n in range(1, 3000):
+        write(tmp_path, f"name: s{n}\nextends: s{n - 1}\n", f"s{n}")
+    done = quickly(60)
+    with pytest.raises(SpecError) as caught:
+        resolve_specs([str(tmp_path / "s2999.yaml")])
+    done()
+    (problem,) = caught.value.problems
+    assert problem.path == "extends"
+    assert problem.line == 2
+    assert f"more than {resolve.MAX_EXTENDS_DEPTH} specs long" in problem.message
+
+
+def test_long_extends_cycle_is_reported_without_recursion(tmp_path: Path) -> None:
+    for n in range(2000):
+        write(tmp_path, f"name: c{n}\nextends: c{(n + 1) % 2000}\n", f"c{n}")
+    with pytest.raises(SpecError) as caught:
+        resolve_specs([str(tmp_path / "c0.yaml")])
+    assert all("extends cycle" in p.message for p in caught.value.problems)
+    assert all(len(p.message) < 200 for p in caught.value.problems)
+
+
+def _load_many(directory: Path, count: int) -> float:
+    directory.mkdir()
+    for n in range(count):
+        write(directory, HEAD.replace("hostile", f"s{n}"), f"s{n}")
+    started = time.perf_counter()
+    resolve_directory(directory)
+    return time.perf_counter() - started
+
+
+def test_loading_many_specs_is_linear(tmp_path: Path) -> None:
+    small = _load_many(tmp_path / "small", 200)
+    large = _load_many(tmp_path / "large", 1600)
+    # 8 times the specs: linear is 8 times the time; quadratic was 64 times. Allow noise.
+    assert large < 20 * small + 1.0
+
+
+def test_did_you_mean_is_bounded(tmp_path: Path) -> None:
+    done = quickly(2)
+    assert did_you_mean("x" * 100_000, ["x" * 99_999, "y"]) is None
+    many = [f"choice{n}" for n in range(200_000)]
+    assert did_you_mean("choice12345x", many) is not None
+    assert did_you_mean("abc", ["abd", "q" * 1_000_000]) == "did you mean 'abd'?"
+    done()
+    long = "x" * 500_000
+    spec = write(tmp_path, f"name: x\nbase:\n  image: debian:12\n  family: {long}\n")
+    done = quickly(5)
+    assert has(problems(spec), "base.family", "expected one of")
+    done()
