@@ -105,7 +105,7 @@ def _type_name(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return f"{value!r}"
+    return values.shown(value)
 
 
 def _schema_problems(data: Any, filename: str, document: yamlload.Document) -> list[Problem]:
@@ -143,7 +143,7 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
             what = "component" if path == "components" else "key"
             out.append(
                 problem(
-                    f"unknown {what} {key!r}",
+                    f"unknown {what} {values.shown(key)}",
                     did_you_mean(key, allowed) or f"allowed: {', '.join(sorted(allowed))}",
                     yamlload.join(path, key),
                 )
@@ -161,7 +161,7 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
         choices = [str(c) for c in rule]
         return [
             problem(
-                f"expected one of {', '.join(choices)}; got {error.instance!r}",
+                f"expected one of {', '.join(choices)}; got {values.shown(error.instance)}",
                 did_you_mean(str(error.instance), choices),
             )
         ]
@@ -170,7 +170,7 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
         if enum is not None and isinstance(error.instance, str):
             return [
                 problem(
-                    f"expected one of {', '.join(enum)}; got {error.instance!r}",
+                    f"expected one of {', '.join(enum)}; got {values.shown(error.instance)}",
                     did_you_mean(error.instance, enum),
                 )
             ]
@@ -227,15 +227,18 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
         if path == "name":
             return [
                 problem(
-                    f"spec name {error.instance!r} may contain only lower-case letters,"
+                    f"spec name {values.shown(error.instance)} may contain only lower-case letters,"
                     " digits and dashes",
                     "it is also the image repository name",
                 )
             ]
-        return [problem(f"{error.instance!r} does not match the expected form")]
+        return [problem(f"{values.shown(error.instance)} does not match the expected form")]
     if validator == "propertyNames":
         return [
-            problem(f"matrix axis name {error.instance!r} must be lower-case letters, digits and _")
+            problem(
+                f"matrix axis name {values.shown(error.instance)} must be lower-case letters,"
+                " digits and _"
+            )
         ]
     if validator == "minItems":
         return [problem("the list must not be empty")]
@@ -291,6 +294,10 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
         )
     problems = _schema_problems(data, filename, document)
     name = data.get("name")
+    if isinstance(name, str) and not problems:
+        why = values.local_name_problem(name)
+        if why is not None:
+            problems.append(Problem(filename, document.line("name"), "name", why, None))
     spec = SpecFile(
         name=name if isinstance(name, str) else path.stem,
         path=path,
@@ -420,7 +427,7 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
                         arg,
                         None,
                         "",
-                        f"no spec file or shipped spec named {arg!r}",
+                        f"no spec file or shipped spec named {values.shown(arg)}",
                         did_you_mean(arg, names)
                         or "run `hepml-images list` to see the shipped specs",
                     )
@@ -445,7 +452,7 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
                     str(spec.path),
                     spec.document.line("extends"),
                     "extends",
-                    f"parent spec {parent!r} not found"
+                    f"parent spec {values.shown(parent)} not found"
                     " (looked beside this file and in the shipped specs)",
                     did_you_mean(parent, siblings),
                 )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hepml_images import resolve
-from hepml_images.errors import SpecError
+from hepml_images.errors import SpecError, UsageError
 from hepml_images.pipeline import render_variants, resolve_directory, resolve_specs
 from hepml_images.spec import files, yamlload
 from hepml_images.spec.load import did_you_mean
@@ -300,3 +300,239 @@ def test_did_you_mean_is_bounded(tmp_path: Path) -> None:
     done = quickly(5)
     assert has(problems(spec), "base.family", "expected one of")
     done()
+
+
+# --- 3. wrong acceptance -----------------------------------------------------------------------
+
+
+def test_two_variants_publishing_the_same_tag(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path,
+        HEAD + "matrix:\n  a: [x, y]\npublish:\n  repositories: [ghcr.io/org/img]\n"
+        "  tags: [latest]\n",
+    )
+    assert has(problems(spec), "publish.tags", "ghcr.io/org/img:latest", "hostile:x", "hostile:y")
+
+
+def test_immutable_tags_collide_too(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD + "matrix:\n  a: [x, y]\npublish:\n  immutable: ['1.0']\n")
+    assert has(problems(spec), "tags", "<registry>/hostile:1.0")
+
+
+def test_two_specs_publishing_the_same_repository_tag(tmp_path: Path) -> None:
+    common = "publish:\n  repositories: [ghcr.io/org/img]\ntags: [v1]\n"
+    write(tmp_path, HEAD.replace("hostile", "one") + common, "one")
+    two = write(tmp_path, "name: two\nextends: one\n" + common, "two")
+    found = problems(two)
+    assert has(found, "tags", "ghcr.io/org/img:v1", "one:default", "two:default")
+
+
+@pytest.mark.parametrize(
+    ("repository", "why"),
+    [
+        ("ghcr.io/MyOrg/img", "invalid path component 'MyOrg'"),
+        ("MyOrg/img", "invalid path component 'MyOrg'"),
+        ("ghcr.io/org/img-", "invalid path component 'img-'"),
+        ("ghcr.io/org/-img", "invalid path component '-img'"),
+        ("ghcr-.io/org/img", "invalid registry host 'ghcr-.io'"),
+        ("ghcr.io/" + "a" * 250, "characters long"),
+    ],
+)
+def test_oci_invalid_repository(tmp_path: Path, repository: str, why: str) -> None:
+    spec = write(tmp_path, HEAD + f"publish:\n  repositories: [{repository}]\n")
+    assert has(problems(spec), "publish.repositories[0]", why)
+
+
+def test_valid_repositories_are_accepted(tmp_path: Path) -> None:
+    repositories = "[localhost:5000/a/b, ghcr.io/org/a--b, registry.example.org/g_x/n.y]"
+    spec = write(tmp_path, HEAD + f"publish:\n  repositories: {repositories}\n")
+    render_all(spec)
+
+
+def test_base_image_with_upper_case_namespace(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD.replace("debian:12", "MyOrg/debian:12"))
+    assert has(problems(spec), "base.image", "invalid path component 'MyOrg'")
+
+
+def test_spec_name_with_trailing_dash(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD.replace("name: hostile", "name: hostile-"))
+    assert has(problems(spec), "name", "no dash at the start or end")
+
+
+def test_over_long_spec_name(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD.replace("name: hostile", "name: " + "a" * 250))
+    assert has(problems(spec), "name", "characters long", "249")
+
+
+def test_over_long_tag(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD + "tags: [" + "t" * 129 + "]\n")
+    assert has(problems(spec), "tags[0]", "129 characters long")
+
+
+def test_over_long_variant_name(tmp_path: Path) -> None:
+    axes = "".join(f"  a{n}: [{'v' * 30}{n}]\n" for n in range(5))
+    spec = write(tmp_path, HEAD + "matrix:\n" + axes + "tags: [fixed]\n")
+    assert has(problems(spec), "matrix", "characters long", "128")
+
+
+TF = """\
+components:
+  python:
+    version: "3.11"
+  cuda:
+    version: "12.5"
+    cudnn: "9.3"
+  tensorflow:
+    version: "2.18.1"
+    accelerator: ${{ matrix.accelerator }}
+matrix:
+  accelerator: [cpu, cuda]
+"""
+
+
+def test_cuda_installed_for_a_cpu_accelerator(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD + TF)
+    found = problems(spec)
+    assert has(found, "components.cuda", "CUDA is installed", "accelerator is cpu")
+    assert len(found) == 1
+
+
+def test_cpu_child_of_a_cuda_parent(tmp_path: Path) -> None:
+    parent = HEAD.replace("hostile", "gpu") + (
+        'components:\n  python:\n    version: "3.11"\n'
+        '  cuda:\n    version: "12.5"\n    cudnn: "9.3"\n'
+    )
+    write(tmp_path, parent, "gpu")
+    child = write(
+        tmp_path,
+        'name: child\nextends: gpu\ncomponents:\n  tensorflow:\n    version: "2.18.1"\n'
+        "    accelerator: cpu\n",
+        "child",
+    )
+    assert has(problems(child), "components.tensorflow.accelerator", "parent image has CUDA")
+
+
+def test_enumerated_value_through_the_matrix_is_checked_again(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path,
+        "name: hostile\nmatrix:\n  d: [ubuntu]\nbase:\n  bootstrap:\n"
+        "    distro: ${{ matrix.d }}\n    suite: bookworm\n",
+    )
+    assert has(problems(spec), "base.bootstrap.distro", "must be one of debian", "'ubuntu'")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("gpu:\n  check: ${{ matrix.v }}\n", "sometimes"),
+        ("singularity:\n  sif: ${{ matrix.v }}\n", "maybe"),
+        ('components:\n  python:\n    version: "3.11"\n    source: ${{ matrix.v }}\n', "conda"),
+    ],
+)
+def test_enumerations_and_flags_through_the_matrix(tmp_path: Path, field: str, value: str) -> None:
+    spec = write(tmp_path, HEAD + f"matrix:\n  v: [{value}]\n" + field)
+    assert any(repr(value) in m for _, _, m in problems(spec))
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["v${{ matrix.a }}-${{ oops", "${{ matrix.a }", "x-${{matrix.a}}-${{ spec }}"],
+)
+def test_malformed_expression_in_a_tag_is_reported(tmp_path: Path, template: str) -> None:
+    spec = write(tmp_path, HEAD + f"matrix:\n  a: [x]\ntags: ['{template}']\n")
+    assert has(problems(spec), "tags[0]", "malformed expression")
+
+
+def test_no_tag_is_dropped_silently(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD + "matrix:\n  a: [x]\ntags: ['${{ matrix.a }}~bad']\n")
+    assert has(problems(spec), "tags[0]", "is not valid")
+
+
+HASHED = HEAD + (
+    'components:\n  python:\n    version: "3.11"\n'
+    "  pip:\n    file: lock.txt\n    require-hashes: true\n"
+)
+HASH = "--hash=sha256:" + "a" * 64
+
+
+def lock(tmp_path: Path, content: bytes) -> Path:
+    (tmp_path / "lock.txt").write_bytes(content)
+    return write(tmp_path, HASHED)
+
+
+def test_hash_in_a_comment_is_no_hash(tmp_path: Path) -> None:
+    spec = lock(tmp_path, f"numpy==2.1.3  # {HASH}\n".encode())
+    assert has(problems(spec), "components.pip.file", "not hash-locked", "numpy==2.1.3")
+
+
+@pytest.mark.parametrize(
+    ("line", "option"),
+    [
+        ("-e ./src", "-e"),
+        ("--editable=./src", "--editable"),
+        ("-r other.txt", "-r"),
+        ("-rother.txt", "-r"),
+        ("--requirement other.txt", "--requirement"),
+        ("-c constraints.txt", "-c"),
+    ],
+)
+def test_nested_files_and_editables_are_refused(tmp_path: Path, line: str, option: str) -> None:
+    spec = lock(tmp_path, f"numpy==2.1.3 {HASH}\n{line}\n".encode())
+    assert has(problems(spec), "components.pip.file", "line 2", option, "require-hashes")
+
+
+def test_crlf_lock_file_is_accepted(tmp_path: Path) -> None:
+    text = f"numpy==2.1.3 \\\r\n    {HASH}\r\n# a comment\r\nuproot==5.4 {HASH} \\\r\n  {HASH}\r\n"
+    spec = lock(tmp_path, text.encode())
+    resolution = resolve_specs([str(spec)])
+    pip = resolution.selected[0].content.components.pip
+    assert pip is not None
+    assert pip.file_content == text.encode()
+
+
+def test_hash_with_a_fragment_is_still_a_hash(tmp_path: Path) -> None:
+    spec = lock(tmp_path, f"numpy @ https://x.invalid/n.whl#sha256=00 {HASH}\n".encode())
+    resolve_specs([str(spec)])
+
+
+def test_repeated_variant_key_is_a_usage_error(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD + "matrix:\n  a: [x, y]\n")
+    with pytest.raises(UsageError, match="given twice") as caught:
+        resolve_specs([str(spec)], ["a=x", "a=y"])
+    assert caught.value.exit_code == 2
+
+
+# --- 4. where problems are reported, and how much of the input they quote --------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "key"),
+    [
+        ("  image: true\n  family: debian\n", "base.image"),
+        ("  image: [x]\n  family: debian\n", "base.image"),
+        ("  image: debian:12\n  family: plan9\n", "base.family"),
+        ("  image: debian:12\n  family: debian\n  releas: x\n", "base.releas"),
+        ("  bootstrap:\n    suite: bookworm\n    mirrror: x\n", "base.bootstrap.mirrror"),
+    ],
+)
+def test_problems_inside_base_name_their_key(tmp_path: Path, base: str, key: str) -> None:
+    spec = write(tmp_path, "name: x\nbase:\n" + base)
+    found = problems(spec)
+    assert any(k == key for _, k, _ in found), found
+    assert not any(k == "base" for _, k, _ in found), found
+
+
+def test_messages_do_not_quote_a_whole_file(tmp_path: Path) -> None:
+    secret = "s" * 100_000
+    cases = [
+        f"name: x\nbase:\n  image: debian:12\n  family: {secret}\n",
+        f"{secret}\n",
+        f"name: x\nbase:\n  image: {secret}\n  family: debian\n",
+        HEAD + f"env:\n  A: '`{secret}'\n",
+        HEAD + f"matrix:\n  a: [x]\ntags: ['${{{{ matrix.b }}}}{secret}']\n",
+    ]
+    for index, text in enumerate(cases):
+        spec = write(tmp_path, text, f"case{index}")
+        with pytest.raises(SpecError) as caught:
+            resolve_specs([str(spec)])
+        assert len(str(caught.value)) < 2_000, text[:40]
