@@ -282,13 +282,15 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
         raise SpecError([exc.problem]) from None
     data = document.data
     if not isinstance(data, dict):
+        # the text itself is not quoted: a file that is no spec may be anything
+        got = _type_name(data) if isinstance(data, (list, bool)) or data is None else "text"
         raise SpecError(
             [
                 Problem(
                     filename,
                     document.line(""),
                     "",
-                    f"a spec is a mapping of keys (name:, base: …), got {_type_name(data)}",
+                    f"a spec is a mapping of keys (name:, base: …), got {got}",
                 )
             ]
         )
@@ -365,11 +367,15 @@ def _looks_like_path(arg: str) -> bool:
     return arg.endswith(SUFFIXES) or "/" in arg or Path(arg).exists()
 
 
-def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
+def load(
+    arguments: Sequence[str], *, search: Sequence[Path] = (), contain: Path | None = None
+) -> SpecSet:
     """Load the named specs and every spec they extend.
 
     A SPEC argument is a path to a YAML file or the name of a spec found in ``search`` (and then
-    the shipped specs). A parent named by ``extends`` is looked up beside its child first.
+    the shipped specs). A parent named by ``extends`` is looked up beside its child first. A spec
+    found by name, and with ``contain`` every path argument too, must resolve inside the
+    directory it was found in (a symbolic link out of it is a problem, and is not read).
     """
     problems: list[Problem] = []
     specs: dict[str, SpecFile] = {}
@@ -389,10 +395,23 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
     by_file: dict[Path, SpecFile] = {}
     shipped = shipped_dir().resolve()
 
-    def add(path: Path) -> SpecFile | None:
+    def add(path: Path, *, found_in: Path | None = None) -> SpecFile | None:
         resolved = path.resolve()
         if resolved in by_file:
             return by_file[resolved]
+        if found_in is not None and not resolved.is_relative_to(found_in.resolve()):
+            # found by name (a parent, a spec name, `list --specs`), not named by the user:
+            # a link out of the directory must not make the loader read any file of the host
+            problems.append(
+                Problem(
+                    str(path),
+                    None,
+                    "",
+                    f"resolves (through a symbolic link) to a file outside {found_in}",
+                    "copy the spec into the directory instead of linking to it",
+                )
+            )
+            return None
         try:
             spec = read_spec(path, shipped=resolved.parent == shipped)
         except SpecError as exc:
@@ -417,7 +436,7 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
     pending: list[SpecFile] = []
     for arg in arguments:
         if _looks_like_path(arg):
-            spec = add(Path(arg))
+            spec = add(Path(arg), found_in=contain)
         else:
             hits = [d for d in directories if arg in index(d)]
             if not hits:
@@ -433,7 +452,7 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
                     )
                 )
                 continue
-            spec = add(index(hits[0])[arg])
+            spec = add(index(hits[0])[arg], found_in=hits[0])
         if spec is not None:
             requested.append(spec.name)
             pending.append(spec)
@@ -458,7 +477,7 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
                 )
             )
             continue
-        loaded = add(index(hit)[parent])
+        loaded = add(index(hit)[parent], found_in=hit)
         if loaded is not None:
             if loaded.name != parent:
                 problems.append(
@@ -482,4 +501,4 @@ def load_directory(directory: Path) -> SpecSet:
     """Load every spec in a directory (for `list --specs DIR`)."""
     if not directory.is_dir():
         raise SpecError([Problem(str(directory), None, "", "not a directory")])
-    return load([str(p) for p in _spec_files(directory)], search=[directory])
+    return load([str(p) for p in _spec_files(directory)], search=[directory], contain=directory)

@@ -536,3 +536,26 @@ def test_messages_do_not_quote_a_whole_file(tmp_path: Path) -> None:
         with pytest.raises(SpecError) as caught:
             resolve_specs([str(spec)])
         assert len(str(caught.value)) < 2_000, text[:40]
+
+
+def test_parent_linked_out_of_the_directory_is_not_read(outside: Path) -> None:
+    (outside / "debian-base.yaml").symlink_to(outside.parent / "secret")
+    child = write(outside, "name: child\nextends: debian-base\n", "child")
+    found = problems(child)
+    assert any("outside" in m for _, _, m in found), found
+    assert not any("root:" in m for _, _, m in found)
+
+
+def test_list_of_a_directory_does_not_follow_links_out_of_it(outside: Path) -> None:
+    (outside / "evil.yaml").symlink_to(outside.parent / "secret")
+    with pytest.raises(SpecError) as caught:
+        resolve_directory(outside)
+    assert "outside" in str(caught.value)
+    assert "root:" not in str(caught.value)
+
+
+def test_a_file_that_is_no_spec_is_not_quoted(tmp_path: Path) -> None:
+    spec = write(tmp_path, "secret text of some other file, not a spec\n")
+    with pytest.raises(SpecError) as caught:
+        resolve_specs([str(spec)])
+    assert "secret" not in str(caught.value)
