@@ -42,13 +42,27 @@ class Problem:
     hint: str | None = None
 
     def render(self) -> str:
-        """``file:line: [key.path] message`` and the hint on its own line."""
+        """``file:line: [key.path] message`` and the hint on its own line.
+
+        Each part is capped (``MAX_SHOWN``): a message that quotes what the user wrote must not
+        print a whole file, whatever check produced it.
+        """
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        key = f" [{self.path}]" if self.path else ""
-        text = f"{where}:{key} {self.message}"
+        key = f" [{_cap(self.path)}]" if self.path else ""
+        text = f"{_cap(where)}:{key} {_cap(self.message)}"
         if self.hint:
-            text += f"\n    hint: {self.hint}"
+            text += f"\n    hint: {_cap(self.hint)}"
         return text
+
+
+#: Most characters of a problem's file, key path, message or hint that are printed.
+MAX_SHOWN = 500
+
+
+def _cap(text: str) -> str:
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[: MAX_SHOWN - 60]} … ({len(text) - MAX_SHOWN + 60} more characters) …"
 
 
 class SpecError(HepmlError):

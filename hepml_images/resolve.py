@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,16 @@ from hepml_images.spec.model import Bootstrap
 #: Bump when the meaning of a plan changes without its data changing (forces rebuilds).
 DIGEST_FORMAT = 1
 #: Local repository prefix of the images this tool builds.
-LOCAL_PREFIX = "hepml"
+LOCAL_PREFIX = values.LOCAL_PREFIX
+#: Most variants one spec may expand to (its parent's variants times its own axes), checked
+#: before the matrix is expanded: each variant is a build, and 6 axes of 20 values are 64 million.
+MAX_VARIANTS = 256
+#: Most `include` or `exclude` entries of one matrix (each is compared with every variant).
+MAX_MATRIX_ENTRIES = 256
+#: Specs of an extends cycle named in its message.
+_CYCLE_SHOWN = 8
+#: Longest `extends` chain (a spec, its parent, its parent's parent …).
+MAX_EXTENDS_DEPTH = 32
 
 _EXPR = re.compile(EXPRESSION)
 _EXPR_PARTS = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z0-9_-]+)\s*\}\}")
@@ -125,32 +135,56 @@ class _Problems:
 
 
 def _order(specs: Mapping[str, SpecFile], problems: _Problems) -> list[str]:
-    """Specs in dependency order; extends cycles are reported."""
-    state: dict[str, int] = {}
+    """Specs in dependency order; extends cycles and over-long chains are reported.
+
+    Iterative, not recursive: a chain of thousands of specs must end in a problem, not in a
+    RecursionError.
+    """
+    done: set[str] = set()
+    in_cycle: set[str] = set()
+    depth: dict[str, int] = {}
     order: list[str] = []
 
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:  # noqa: PLR2004
-            return
-        if state.get(name) == 1:
-            cycle = [*trail[trail.index(name) :], name]
-            for member in cycle[:-1]:
+    def parent_of(name: str) -> str | None:
+        parent = specs[name].data.get("extends")
+        return parent if isinstance(parent, str) and parent in specs else None
+
+    for start in sorted(specs):
+        trail: list[str] = []
+        on_trail: set[str] = set()
+        name: str | None = start
+        while name is not None and name not in done:
+            if name in on_trail:
+                cycle = [*trail[trail.index(name) :], name]
+                shown = (
+                    cycle
+                    if len(cycle) <= _CYCLE_SHOWN
+                    else [*cycle[: _CYCLE_SHOWN - 1], f"… {len(cycle) - _CYCLE_SHOWN} more …", name]
+                )
+                for member in cycle[:-1]:
+                    problems.add(
+                        specs[member],
+                        "extends",
+                        f"extends cycle: {' → '.join(shown)}",
+                        "a spec cannot be built FROM itself, directly or through others",
+                    )
+                in_cycle.update(cycle)
+                break
+            trail.append(name)
+            on_trail.add(name)
+            name = parent_of(name)
+        for member in reversed(trail):
+            parent = parent_of(member)
+            depth[member] = depth.get(parent, 0) + 1 if parent is not None else 1
+            if depth[member] == MAX_EXTENDS_DEPTH + 1 and member not in in_cycle:
                 problems.add(
                     specs[member],
                     "extends",
-                    f"extends cycle: {' → '.join(cycle)}",
-                    "a spec cannot be built FROM itself, directly or through others",
+                    f"the extends chain is more than {MAX_EXTENDS_DEPTH} specs long",
+                    f"an image may stack at most {MAX_EXTENDS_DEPTH} specs",
                 )
-            return
-        state[name] = 1
-        parent = specs[name].data.get("extends")
-        if isinstance(parent, str) and parent in specs:
-            visit(parent, [*trail, name])
-        state[name] = 2
-        order.append(name)
-
-    for name in sorted(specs):
-        visit(name, [])
+            done.add(member)
+            order.append(member)
     return order
 
 
@@ -180,13 +214,35 @@ def _substitute(
         return context[ref]
 
     result = _EXPR_PARTS.sub(replace_one, value)
-    if "${{" in result and not _EXPR.search(value):
+    if "${{" in _EXPR_PARTS.sub("", value):
         report(
             path,
-            f"malformed expression in {value!r}",
+            f"malformed expression in {values.shown(value)}",
             "write ${{ matrix.NAME }} or ${{ spec.NAME }}",
         )
     return result
+
+
+def _too_large(spec: SpecFile, matrix: Mapping[str, Any], count: int, problems: _Problems) -> bool:
+    """Report a matrix over the limits (checked before it is expanded)."""
+    if count > MAX_VARIANTS:
+        problems.add(
+            spec,
+            "matrix",
+            f"the matrix expands to {count} variants (before exclude); the limit is"
+            f" {MAX_VARIANTS} per spec",
+            "split the spec, or narrow the axes",
+        )
+        return True
+    for kind in ("include", "exclude"):
+        if len(matrix.get(kind, [])) > MAX_MATRIX_ENTRIES:
+            problems.add(
+                spec,
+                f"matrix.{kind}",
+                f"{len(matrix[kind])} {kind} entries; the limit is {MAX_MATRIX_ENTRIES}",
+            )
+            return True
+    return False
 
 
 def _combinations(
@@ -231,7 +287,8 @@ def _combinations(
                     problems.add(
                         spec,
                         f"matrix.{kind}[{index}].{key}",
-                        f"{value!r} is not a value of axis {key!r} ({', '.join(known)})",
+                        f"{values.shown(value)} is not a value of axis {key!r}"
+                        f" ({', '.join(known)})",
                         did_you_mean(value, known),
                     )
                     ok = False
@@ -239,7 +296,7 @@ def _combinations(
                 problems.add(
                     spec,
                     f"matrix.{kind}[{index}].{key}",
-                    f"unknown matrix axis {key!r}",
+                    f"unknown matrix axis {values.shown(key)}",
                     did_you_mean(key, all_axes) or f"axes: {', '.join(all_axes) or 'none'}",
                 )
                 ok = False
@@ -254,12 +311,20 @@ def _combinations(
     for i, e in enumerate(includes):
         check_entry("include", i, e, axes_only=False)
 
+    kept = [
+        parent
+        for parent in parents
+        if not any(
+            (dict(parent.matrix) if parent else {}).get(axis) not in allowed
+            for axis, allowed in narrowed.items()
+        )
+    ]
+    if _too_large(spec, matrix, len(kept) * math.prod(map(len, new_axes.values())), problems):
+        return []
     results = []
-    for parent in parents:
+    for parent in kept:
         base_ctx = dict(parent.matrix) if parent else {}
         extra_ctx = dict(parent.context) if parent else {}
-        if any(base_ctx.get(axis) not in allowed for axis, allowed in narrowed.items()):
-            continue
         for combo in itertools.product(*new_axes.values()):
             axis_values = {**base_ctx, **dict(zip(new_axes, combo, strict=True))}
             if any(all(axis_values.get(k) == v for k, v in e.items()) for e in excludes):
@@ -401,6 +466,20 @@ def _check_versions(
         report(
             "components.pip", "pip needs Python: add a `python` component here or in a parent spec"
         )
+    cpu = comps.tensorflow is not None and comps.tensorflow.accelerator == "cpu"
+    if cpu and comps.cuda is not None:
+        report(
+            "components.cuda",
+            "CUDA is installed, but tensorflow's accelerator is cpu",
+            "drop the cuda component for cpu variants (`enabled: ${{ matrix.NAME }}`),"
+            " or use accelerator: cuda",
+        )
+    elif cpu and inherited.versions and dict(inherited.versions).get("accelerator") == "cuda":
+        report(
+            "components.tensorflow.accelerator",
+            "tensorflow's accelerator is cpu, but the parent image has CUDA",
+            "extend a parent variant without CUDA, or use accelerator: cuda",
+        )
     if comps.cuda is not None:
         try:
             compat.driver_requirement(comps.cuda.version)
@@ -505,13 +584,26 @@ def _expand_tags(
 ) -> tuple[str, ...]:
     out: list[str] = []
     for index, template in enumerate(templates):
-        text = _substitute(template, context, report, f"{path}[{index}]")
+        counted = _Counted(report)
+        text = _substitute(template, context, counted, f"{path}[{index}]")
         try:
             out.append(values.tag(text))
         except values.ValueProblem as exc:
-            if "${{" not in text:
+            if not counted.count:  # a tag is never dropped in silence
                 report(f"{path}[{index}]", exc.message, exc.hint)
     return tuple(dict.fromkeys(out))
+
+
+class _Counted:
+    """A ``Report`` that passes problems on and counts them."""
+
+    def __init__(self, report: content_builder.Report) -> None:
+        self.report = report
+        self.count = 0
+
+    def __call__(self, path: str, message: str, hint: str | None = None) -> None:
+        self.count += 1
+        self.report(path, message, hint)
 
 
 def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
@@ -522,6 +614,7 @@ def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
     problems.raise_if_any()
     done: dict[str, list[ResolvedVariant]] = {}
     result: list[ResolvedVariant] = []
+    published: dict[tuple[str, str], ResolvedVariant] = {}
     for name in order:
         spec = specs[name]
         parent_name = spec.data.get("extends")
@@ -547,6 +640,7 @@ def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
                         f"tag {tag!r} is given to variants {other} and {variant.slug}",
                         "put a ${{ matrix.NAME }} in every tag template of a spec with a matrix",
                     )
+        _published_twice(spec, variants, published, problems)
         slugs = [v.slug for v in variants]
         if len(set(slugs)) != len(slugs):
             problems.add(
@@ -558,6 +652,33 @@ def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
         result.extend(variants)
     problems.raise_if_any()
     return tuple(result)
+
+
+def _published_twice(
+    spec: SpecFile,
+    variants: Sequence[ResolvedVariant],
+    published: dict[tuple[str, str], ResolvedVariant],
+    problems: _Problems,
+) -> None:
+    """Report a repository:tag that two variants (of this spec or of any before it) would push.
+
+    A spec without ``publish.repositories`` is pushed to ``REGISTRY/<spec name>``, which no other
+    spec shares; ``publish.repositories`` may be shared between specs.
+    """
+    for variant in variants:
+        targets = variant.content.publish.repositories or (f"<registry>/{variant.spec}",)
+        key = "publish.tags" if variant.content.publish.tags else "tags"
+        for tag in dict.fromkeys((*variant.publish_tags, *variant.immutable_tags)):
+            for repository in targets:
+                other = published.setdefault((repository, tag), variant)
+                if other is not variant:
+                    problems.add(
+                        spec,
+                        key,
+                        f"{repository}:{tag} would be published by {other.key} and {variant.key}",
+                        "give every variant its own tags (a ${{ matrix.NAME }} in each template),"
+                        " and specs that share a repository different tags",
+                    )
 
 
 def _resolve_one(
@@ -584,6 +705,17 @@ def _resolve_one(
         except values.ValueProblem as exc:  # noqa: PERF203 - stops at the first bad value
             problems.add(spec, f"matrix.{axis}", exc.message, exc.hint)
             return None
+    try:
+        values.tag(slug)  # the local image is hepml/<spec>:<slug>
+    except values.ValueProblem:
+        problems.add(
+            spec,
+            "matrix",
+            f"the variant name {values.shown(slug)} (its matrix values joined by -) is"
+            f" {len(slug)} characters long; as a tag it may have {values.MAX_TAG_CHARS}",
+            "use shorter matrix values",
+        )
+        return None
     data = spec.data
     context = {f"matrix.{k}": v for k, v in ctx.items()}
     context.update(
@@ -742,7 +874,13 @@ def select(
             raise UsageError(
                 f"--variant {item!r} is not KEY=VALUE", hint="for example --variant accelerator=cpu"
             )
-        wanted[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key in wanted:
+            raise UsageError(
+                f"--variant {key}= is given twice ({key}={wanted[key]} and {key}={value})",
+                hint="select one value per matrix key; run the command once per value",
+            )
+        wanted[key] = value
     chosen = [v for v in variants if v.spec in spec_names]
     axes = {axis for v in chosen for axis, _ in v.matrix}
     for key, value in wanted.items():

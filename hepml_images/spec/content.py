@@ -8,6 +8,7 @@ adds file and line.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from hepml_images.spec import model, values
@@ -58,7 +59,7 @@ class _Checker:
             and not isinstance(value, bool)
             and str(value).lower() not in _TRUE | _FALSE
         ):
-            self.report(path, f"expected true or false, got {value!r}")
+            self.report(path, f"expected true or false, got {values.shown(value)}")
             self.failed = True
             return default
         return _flag(value, default)
@@ -97,6 +98,11 @@ def build(  # noqa: C901
             lambda v: values.url(v, "mirror"),
             b.get("mirror", "http://deb.debian.org/debian"),
         )
+        c.check(
+            "base.bootstrap.distro",
+            lambda v: values.choice(v, "distro", ("debian",)),
+            b.get("distro", "debian"),
+        )
         base = model.Bootstrap(
             distro="debian",
             suite=c.check("base.bootstrap.suite", values.suite, b["suite"]) or "",
@@ -122,7 +128,9 @@ def build(  # noqa: C901
     elif isinstance(raw_base, dict):
         fam = cast("model.Family", raw_base["family"])
         if fam not in {"el7", "el9", "debian", "ubuntu"}:
-            report("base.family", f"expected one of el7, el9, debian, ubuntu; got {fam!r}")
+            report(
+                "base.family", f"expected one of el7, el9, debian, ubuntu; got {values.shown(fam)}"
+            )
             return None
         release = raw_base.get("release")
         base = model.ImageBase(
@@ -248,7 +256,17 @@ def build(  # noqa: C901
             )
             c.failed = True
         if require_hashes and content is not None:
-            unhashed = _unhashed_requirements(content)
+            unhashed, refused = _unhashed_requirements(content)
+            if refused:
+                line_number, option = refused[0]
+                report(
+                    "components.pip.file",
+                    f"{file} line {line_number}: {option} cannot be used with require-hashes"
+                    + (f" ({len(refused) - 1} more such lines)" if len(refused) > 1 else ""),
+                    "a hash-locked file lists every requirement with its hashes; editable"
+                    " installs (-e) cannot be hashed, and other files (-r, -c) are not copied",
+                )
+                c.failed = True
             if unhashed:
                 report(
                     "components.pip.file",
@@ -290,7 +308,7 @@ def build(  # noqa: C901
         if raw["accelerator"] not in {"cpu", "cuda"}:
             report(
                 "components.tensorflow.accelerator",
-                f"expected cpu or cuda, got {raw['accelerator']!r}",
+                f"expected cpu or cuda, got {values.shown(raw['accelerator'])}",
             )
             c.failed = True
     cuda = None
@@ -437,18 +455,52 @@ def build(  # noqa: C901
     return None if c.failed else result
 
 
-def _unhashed_requirements(content: bytes) -> list[str]:
-    """Requirement lines of a requirements file that carry no ``--hash``."""
-    text = content.decode("utf-8", errors="replace").replace("\\\n", " ")
-    missing = []
-    for line in text.splitlines():
-        stripped = (
-            line.split("#", 1)[0].strip()
-            if not line.lstrip().startswith("--hash")
-            else line.strip()
-        )
-        if not stripped or stripped.startswith("-"):
+#: Options that a hash-locked requirements file must not hold: an editable install cannot be
+#: hashed, and a nested requirements or constraints file is not part of the build context.
+_REFUSED_OPTIONS = ("-e", "--editable", "-r", "--requirement", "-c", "--constraint")
+_COMMENT = re.compile(r"(?:^|\s)#.*$")
+
+
+def _logical_lines(content: bytes) -> list[tuple[int, str]]:
+    """(first line number, text without comment) of each logical line, as pip reads the file.
+
+    CRLF and CR line ends are line ends; a trailing backslash joins the next line; a comment
+    starts at ``#`` at the start of a line or after whitespace (``--hash=sha256:…#x`` is no
+    comment, ``# --hash=…`` is one).
+    """
+    text = content.decode("utf-8", errors="replace")
+    out: list[tuple[int, str]] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = _COMMENT.sub("", raw)
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending.append(line[:-1])
             continue
-        if "--hash=" not in line:
-            missing.append(stripped.split()[0])
-    return missing
+        pending.append(line)
+        out.append((start, " ".join(pending).strip()))
+        pending = []
+    if pending:
+        out.append((start, " ".join(pending).strip()))
+    return out
+
+
+def _unhashed_requirements(content: bytes) -> tuple[list[str], list[tuple[int, str]]]:
+    """Requirements of a requirements file without ``--hash``, and the options it must not use."""
+    missing: list[str] = []
+    refused: list[tuple[int, str]] = []
+    for number, line in _logical_lines(content):
+        if not line:
+            continue
+        first = line.split()[0]
+        option = first.split("=", 1)[0]
+        if option in _REFUSED_OPTIONS or first[:2] in _REFUSED_OPTIONS:  # also -rfile.txt
+            refused.append((number, option if option in _REFUSED_OPTIONS else first[:2]))
+            continue
+        if first.startswith("-"):
+            continue
+        if not any(word.startswith("--hash=") or word == "--hash" for word in line.split()):
+            missing.append(values.shown(first) if len(first) > values.SHOWN_CHARS else first)
+    return missing, refused

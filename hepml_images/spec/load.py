@@ -17,7 +17,7 @@ import jsonschema
 
 from hepml_images.errors import Problem, SpecError
 from hepml_images.resources import data_path
-from hepml_images.spec import values, yamlload
+from hepml_images.spec import files, values, yamlload
 from hepml_images.spec.model import SpecFile
 from hepml_images.spec.schema import EXPRESSION, SPEC_SCHEMA
 
@@ -28,9 +28,30 @@ _VALIDATOR = jsonschema.Draft202012Validator(SPEC_SCHEMA)
 SUFFIXES = (".yaml", ".yml")
 
 
+#: Longest word that gets a "did you mean" (difflib's cost grows with the square of lengths).
+SUGGEST_MAX_CHARS = 64
+#: Most candidates compared for a "did you mean" (those closest in length are kept).
+SUGGEST_MAX_CHOICES = 1000
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """Return a "did you mean …?" hint for a misspelt word, or None."""
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    """Return a "did you mean …?" hint for a misspelt word, or None.
+
+    Bounded in cost whatever the input: a long word gets no suggestion, candidates whose length
+    rules out a close match are skipped (that changes no answer), and at most
+    ``SUGGEST_MAX_CHOICES`` are compared.
+    """
+    if len(word) > SUGGEST_MAX_CHARS:
+        return None
+    # difflib's ratio is 2*matches/(len(a)+len(b)); 0.6 needs the lengths within 2/3 of the word
+    slack = -(-2 * len(word) // 3)
+    near = sorted(
+        {c for c in choices if len(c) <= SUGGEST_MAX_CHARS and abs(len(c) - len(word)) <= slack}
+    )
+    if len(near) > SUGGEST_MAX_CHOICES:
+        near = sorted(near, key=lambda c: (abs(len(c) - len(word)), c))[:SUGGEST_MAX_CHOICES]
+        near.sort()
+    close = difflib.get_close_matches(word, near, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
 
 
@@ -84,7 +105,7 @@ def _type_name(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return f"{value!r}"
+    return values.shown(value)
 
 
 def _schema_problems(data: Any, filename: str, document: yamlload.Document) -> list[Problem]:
@@ -122,7 +143,7 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
             what = "component" if path == "components" else "key"
             out.append(
                 problem(
-                    f"unknown {what} {key!r}",
+                    f"unknown {what} {values.shown(key)}",
                     did_you_mean(key, allowed) or f"allowed: {', '.join(sorted(allowed))}",
                     yamlload.join(path, key),
                 )
@@ -140,7 +161,7 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
         choices = [str(c) for c in rule]
         return [
             problem(
-                f"expected one of {', '.join(choices)}; got {error.instance!r}",
+                f"expected one of {', '.join(choices)}; got {values.shown(error.instance)}",
                 did_you_mean(str(error.instance), choices),
             )
         ]
@@ -149,7 +170,7 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
         if enum is not None and isinstance(error.instance, str):
             return [
                 problem(
-                    f"expected one of {', '.join(enum)}; got {error.instance!r}",
+                    f"expected one of {', '.join(enum)}; got {values.shown(error.instance)}",
                     did_you_mean(error.instance, enum),
                 )
             ]
@@ -199,7 +220,6 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
             sub = jsonschema.Draft202012Validator(rule[branch])
             out = []
             for inner in sub.iter_errors(error.instance):
-                inner.path.extendleft(reversed(parts))
                 out.extend(_translate(_rebase(inner, parts), filename, document))
             return out or [problem(error.message)]
         return [problem(f"expected {_type_name(error.instance)} to be a string or a mapping")]
@@ -207,15 +227,18 @@ def _translate(  # noqa: PLR0911 - one return per kind of schema error, in one f
         if path == "name":
             return [
                 problem(
-                    f"spec name {error.instance!r} may contain only lower-case letters,"
+                    f"spec name {values.shown(error.instance)} may contain only lower-case letters,"
                     " digits and dashes",
                     "it is also the image repository name",
                 )
             ]
-        return [problem(f"{error.instance!r} does not match the expected form")]
+        return [problem(f"{values.shown(error.instance)} does not match the expected form")]
     if validator == "propertyNames":
         return [
-            problem(f"matrix axis name {error.instance!r} must be lower-case letters, digits and _")
+            problem(
+                f"matrix axis name {values.shown(error.instance)} must be lower-case letters,"
+                " digits and _"
+            )
         ]
     if validator == "minItems":
         return [problem("the list must not be empty")]
@@ -226,9 +249,11 @@ def _rebase(
     error: jsonschema.ValidationError, parts: list[str | int]
 ) -> jsonschema.ValidationError:
     """Make ``absolute_path`` of an error found in a sub-validation include the outer path."""
+    inner = list(error.relative_path)  # the same deque as ``error.path``: copy it first
+    if inner[: len(parts)] == parts:
+        inner = inner[len(parts) :]
     error.relative_path.clear()
-    error.relative_path.extend(parts)
-    error.relative_path.extend(list(error.path)[len(parts) :])
+    error.relative_path.extend([*parts, *inner])
     return error
 
 
@@ -248,31 +273,33 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
             ]
         )
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError([Problem(filename, None, "", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError(
-            [Problem(filename, None, "", f"cannot read the file: {exc.strerror}")]
-        ) from None
+        raw = files.read_regular(path, limit=yamlload.MAX_BYTES, what="the file")
+    except files.FileProblem as exc:
+        raise SpecError([Problem(filename, None, "", exc.message, exc.hint)]) from None
     try:
         document = yamlload.parse(raw, filename)
     except yamlload.YamlProblem as exc:
         raise SpecError([exc.problem]) from None
     data = document.data
     if not isinstance(data, dict):
+        # the text itself is not quoted: a file that is no spec may be anything
+        got = _type_name(data) if isinstance(data, (list, bool)) or data is None else "text"
         raise SpecError(
             [
                 Problem(
                     filename,
                     document.line(""),
                     "",
-                    f"a spec is a mapping of keys (name:, base: …), got {_type_name(data)}",
+                    f"a spec is a mapping of keys (name:, base: …), got {got}",
                 )
             ]
         )
     problems = _schema_problems(data, filename, document)
     name = data.get("name")
+    if isinstance(name, str) and not problems:
+        why = values.local_name_problem(name)
+        if why is not None:
+            problems.append(Problem(filename, document.line("name"), "name", why, None))
     spec = SpecFile(
         name=name if isinstance(name, str) else path.stem,
         path=path,
@@ -319,19 +346,11 @@ def _read_attachments(spec: SpecFile) -> list[Problem]:
         except values.ValueProblem as exc:
             problems.append(Problem(filename, line, key, exc.message, exc.hint))
             continue
-        target = spec.path.parent / rel
+        limit = files.MAX_LOCK_BYTES if key == "components.pip.file" else files.MAX_FILE_BYTES
         try:
-            spec.attachments[rel] = target.read_bytes()
-        except IsADirectoryError:
-            problems.append(
-                Problem(filename, line, key, f"{rel!r} is a directory; list files one by one")
-            )
-        except OSError as exc:
-            problems.append(
-                Problem(
-                    filename, line, key, f"cannot read {rel!r} (next to the spec): {exc.strerror}"
-                )
-            )
+            spec.attachments[rel] = files.read_inside(spec.path.parent, rel, limit=limit)
+        except files.FileProblem as exc:
+            problems.append(Problem(filename, line, key, exc.message, exc.hint))
     return problems
 
 
@@ -348,11 +367,15 @@ def _looks_like_path(arg: str) -> bool:
     return arg.endswith(SUFFIXES) or "/" in arg or Path(arg).exists()
 
 
-def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
+def load(
+    arguments: Sequence[str], *, search: Sequence[Path] = (), contain: Path | None = None
+) -> SpecSet:
     """Load the named specs and every spec they extend.
 
     A SPEC argument is a path to a YAML file or the name of a spec found in ``search`` (and then
-    the shipped specs). A parent named by ``extends`` is looked up beside its child first.
+    the shipped specs). A parent named by ``extends`` is looked up beside its child first. A spec
+    found by name, and with ``contain`` every path argument too, must resolve inside the
+    directory it was found in (a symbolic link out of it is a problem, and is not read).
     """
     problems: list[Problem] = []
     specs: dict[str, SpecFile] = {}
@@ -369,13 +392,28 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
             index_cache[directory] = found
         return index_cache[directory]
 
-    def add(path: Path) -> SpecFile | None:
+    by_file: dict[Path, SpecFile] = {}
+    shipped = shipped_dir().resolve()
+
+    def add(path: Path, *, found_in: Path | None = None) -> SpecFile | None:
         resolved = path.resolve()
-        for existing in specs.values():
-            if existing.path.resolve() == resolved:
-                return existing
+        if resolved in by_file:
+            return by_file[resolved]
+        if found_in is not None and not resolved.is_relative_to(found_in.resolve()):
+            # found by name (a parent, a spec name, `list --specs`), not named by the user:
+            # a link out of the directory must not make the loader read any file of the host
+            problems.append(
+                Problem(
+                    str(path),
+                    None,
+                    "",
+                    f"resolves (through a symbolic link) to a file outside {found_in}",
+                    "copy the spec into the directory instead of linking to it",
+                )
+            )
+            return None
         try:
-            spec = read_spec(path, shipped=path.parent.resolve() == shipped_dir().resolve())
+            spec = read_spec(path, shipped=resolved.parent == shipped)
         except SpecError as exc:
             problems.extend(exc.problems)
             return None
@@ -392,12 +430,13 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
             )
             return None
         specs[spec.name] = spec
+        by_file[resolved] = spec
         return spec
 
     pending: list[SpecFile] = []
     for arg in arguments:
         if _looks_like_path(arg):
-            spec = add(Path(arg))
+            spec = add(Path(arg), found_in=contain)
         else:
             hits = [d for d in directories if arg in index(d)]
             if not hits:
@@ -407,13 +446,13 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
                         arg,
                         None,
                         "",
-                        f"no spec file or shipped spec named {arg!r}",
+                        f"no spec file or shipped spec named {values.shown(arg)}",
                         did_you_mean(arg, names)
                         or "run `hepml-images list` to see the shipped specs",
                     )
                 )
                 continue
-            spec = add(index(hits[0])[arg])
+            spec = add(index(hits[0])[arg], found_in=hits[0])
         if spec is not None:
             requested.append(spec.name)
             pending.append(spec)
@@ -432,13 +471,13 @@ def load(arguments: Sequence[str], *, search: Sequence[Path] = ()) -> SpecSet:
                     str(spec.path),
                     spec.document.line("extends"),
                     "extends",
-                    f"parent spec {parent!r} not found"
+                    f"parent spec {values.shown(parent)} not found"
                     " (looked beside this file and in the shipped specs)",
                     did_you_mean(parent, siblings),
                 )
             )
             continue
-        loaded = add(index(hit)[parent])
+        loaded = add(index(hit)[parent], found_in=hit)
         if loaded is not None:
             if loaded.name != parent:
                 problems.append(
@@ -462,4 +501,4 @@ def load_directory(directory: Path) -> SpecSet:
     """Load every spec in a directory (for `list --specs DIR`)."""
     if not directory.is_dir():
         raise SpecError([Problem(str(directory), None, "", "not a directory")])
-    return load([str(p) for p in _spec_files(directory)], search=[directory])
+    return load([str(p) for p in _spec_files(directory)], search=[directory], contain=directory)

@@ -25,18 +25,26 @@ class ValueProblem(ValueError):  # noqa: N818 - a problem in a value, reported, 
         self.hint = hint
 
 
+#: Most characters of a user's value quoted in a message (a value may be a whole file).
+SHOWN_CHARS = 80
+
+
+def shown(value: object) -> str:
+    """``repr`` of a value for a message, shortened to about ``SHOWN_CHARS`` characters."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    half = SHOWN_CHARS // 2
+    return f"{text[:half]}…{text[-half:]} ({len(str(value))} characters)"
+
+
 _SHELL_CHARS = set("`$;&|<>(){}[]*?!~#'\"\\\n\r\t ")
-
-
-def _shown(value: str, limit: int = 200) -> str:
-    """``repr(value)``, shortened: messages quote values, never whole texts."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + f" … ({len(value)} chars)"
 
 
 def _describe_bad(value: str, allowed: str) -> str:
     bad = sorted({ch for ch in value if not re.fullmatch(allowed, ch)})
-    shown = ", ".join(repr(ch) for ch in bad[:5])
-    return f"{_shown(value)} contains characters that are not allowed here ({shown})"
+    listed = ", ".join(repr(ch) for ch in bad[:5])
+    return f"{shown(value)} contains characters that are not allowed here ({listed})"
 
 
 #: Apptainer >= 1.2 replaces ``{{ NAME }}`` anywhere in a definition file by a build argument
@@ -58,14 +66,14 @@ def definition_text(value: str, what: str) -> str:
     template = BUILD_ARG_TEMPLATE.search(value)
     if template:
         raise ValueProblem(
-            f"{what} {_shown(value)} contains {template.group()!r}, which Apptainer would"
+            f"{what} {shown(value)} contains {template.group()!r}, which Apptainer would"
             " replace by a build argument",
             "write it without the double braces, e.g. { {NAME} }",
         )
     for line in value.splitlines():
         if line.lstrip().startswith("%"):
             raise ValueProblem(
-                f"{what} {_shown(value)}: a line must not start with % ({_shown(line.strip())})",
+                f"{what} {shown(value)}: a line must not start with % ({shown(line.strip())})",
                 "in the Singularity definition file it would start a new section",
             )
     return value
@@ -89,7 +97,7 @@ def package(value: str, family: str) -> str:
                 _describe_bad(value, r"[A-Za-z0-9_.+=~:-]"), f"a package name looks like {example}"
             )
         raise ValueProblem(
-            f"{_shown(value)} is not a valid {family} package name",
+            f"{shown(value)} is not a valid {family} package name",
             f"expected something like {example}",
         )
     return value
@@ -103,7 +111,7 @@ def major_minor(value: str, what: str) -> str:
     """A version written major.minor, such as a Python or CUDA version."""
     if not _MAJOR_MINOR.fullmatch(value):
         raise ValueProblem(
-            f"{what} must be written major.minor, got {_shown(value)}",
+            f"{what} must be written major.minor, got {shown(value)}",
             'for example "3.11" (quoted, so YAML keeps it text)',
         )
     return value
@@ -113,12 +121,12 @@ def release(value: str, what: str) -> str:
     """A dotted numeric release such as ``2.18.1`` or ``25.2.30``."""
     if not _RELEASE.fullmatch(value):
         raise ValueProblem(
-            f"{what} must be a dotted release number, got {_shown(value)}", 'for example "2.18.1"'
+            f"{what} must be a dotted release number, got {shown(value)}", 'for example "2.18.1"'
         )
     try:
         Version(value)
     except InvalidVersion:  # pragma: no cover - the regex admits only valid versions
-        raise ValueProblem(f"{what} {_shown(value)} is not a valid version") from None
+        raise ValueProblem(f"{what} {shown(value)} is not a valid version") from None
     return value
 
 
@@ -128,7 +136,7 @@ def spec_version(value: str) -> str:
         Version(value)
     except InvalidVersion:
         raise ValueProblem(
-            f"{_shown(value)} is not a valid version", 'use a version such as "1.2.0"'
+            f"{shown(value)} is not a valid version", 'use a version such as "1.2.0"'
         ) from None
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
         raise ValueProblem(_describe_bad(value, r"[A-Za-z0-9_.+-]"))
@@ -141,14 +149,14 @@ _PATH = re.compile(r"/(?:[A-Za-z0-9._@+-]+/?)*")
 def abs_path(value: str, what: str = "path") -> str:
     """An absolute path in the image: safe characters, no `..`."""
     if not value.startswith("/"):
-        raise ValueProblem(f"{what} must be absolute, got {_shown(value)}", "start it with /")
+        raise ValueProblem(f"{what} must be absolute, got {shown(value)}", "start it with /")
     if not _PATH.fullmatch(value):
         raise ValueProblem(
             _describe_bad(value, r"[A-Za-z0-9._@+/-]"),
             f"{what} may contain letters, digits and . _ @ + - /",
         )
     if any(part == ".." for part in value.split("/")):
-        raise ValueProblem(f"{what} must not contain '..', got {_shown(value)}")
+        raise ValueProblem(f"{what} must not contain '..', got {shown(value)}")
     return value.rstrip("/") or "/"
 
 
@@ -163,7 +171,7 @@ def rel_path(value: str, what: str = "path") -> str:
         or any(p == ".." for p in value.split("/"))
     ):
         raise ValueProblem(
-            f"{what} must be a path relative to the spec file without '..', got {_shown(value)}",
+            f"{what} must be a path relative to the spec file without '..', got {shown(value)}",
             "put the file next to the spec or in a folder below it",
         )
     return value
@@ -177,7 +185,7 @@ def env_name(value: str) -> str:
     """An environment variable name."""
     if not _ENV_NAME.fullmatch(value):
         raise ValueProblem(
-            f"{_shown(value)} is not a valid environment variable name",
+            f"{shown(value)} is not a valid environment variable name",
             "use letters, digits and _, not starting with a digit",
         )
     return value
@@ -188,13 +196,14 @@ def env_value(value: str) -> str:
     match = _ENV_VALUE_BAD.search(value)
     if match:
         raise ValueProblem(
-            f"environment value {_shown(value)} contains {match.group()!r}, which is not allowed",
+            f"environment value {shown(value)} contains {shown(match.group())},"
+            " which is not allowed",
             "values may use $VAR and ${VAR}, but no backquotes, $( ), double quotes,"
             " backslashes or newlines",
         )
     if not value.isprintable():
         raise ValueProblem(
-            f"environment value {_shown(value)} must be printable text on one line",
+            f"environment value {shown(value)} must be printable text on one line",
             "no tabs, control characters or line separators",
         )
     for ref in re.finditer(r"\$(\{[^}]*\}?|.?)", value):
@@ -203,8 +212,8 @@ def env_value(value: str) -> str:
             re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", body) or re.fullmatch(r"[A-Za-z_]", body)
         ):
             raise ValueProblem(
-                f"environment value {_shown(value)} has an unsupported $ expression"
-                f" {ref.group()!r}",
+                f"environment value {shown(value)} has an unsupported $ expression"
+                f" {shown(ref.group())}",
                 "write $NAME or ${NAME}; other shell expansions are not allowed",
             )
     return definition_text(value, "environment value")
@@ -217,7 +226,7 @@ def label_key(value: str) -> str:
     """An OCI label key (reverse-DNS style: lower case, digits, dots, dashes)."""
     if not _LABEL_KEY.fullmatch(value):
         raise ValueProblem(
-            f"{_shown(value)} is not a valid label key",
+            f"{shown(value)} is not a valid label key",
             "use lower-case reverse-DNS keys such as org.example.owner",
         )
     return value
@@ -226,7 +235,7 @@ def label_key(value: str) -> str:
 def label_value(value: str) -> str:
     """A label value: any printable text on one line."""
     if any(ch in value for ch in "\n\r") or not value.isprintable():
-        raise ValueProblem(f"label value {_shown(value)} must be printable text on one line")
+        raise ValueProblem(f"label value {shown(value)} must be printable text on one line")
     return definition_text(value, "label value")
 
 
@@ -238,12 +247,12 @@ def requirement(value: str) -> str:
         # packaging's message is several lines (the text and a caret); a problem is one line
         reason = str(exc).splitlines()[0][:200] if str(exc) else "parse error"
         raise ValueProblem(
-            f"{_shown(value)} is not a valid requirement: {reason}",
+            f"{shown(value)} is not a valid requirement: {reason}",
             "for example numpy==2.1.3 or uproot>=5",
         ) from None
     if "\n" in value or value.strip().startswith("-"):
         raise ValueProblem(
-            f"{_shown(value)} is not a requirement specifier",
+            f"{shown(value)} is not a requirement specifier",
             "pip options belong in component options, not requirements",
         )
     return definition_text(str(req), "requirement")
@@ -262,7 +271,7 @@ def url(value: str, what: str = "URL") -> str:
     """An http(s) URL without spaces, quotes or shell characters."""
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueProblem(f"{what} must be an http:// or https:// URL, got {_shown(value)}")
+        raise ValueProblem(f"{what} must be an http:// or https:// URL, got {shown(value)}")
     if (
         not re.fullmatch(r"[A-Za-z0-9._~:/?#@!$&+,;=%-]+", value)
         or "$" in value
@@ -275,21 +284,73 @@ def url(value: str, what: str = "URL") -> str:
     return value
 
 
-_IMAGE_REF = re.compile(
-    r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-)
+# The OCI distribution reference grammar (distribution/reference): a name is an optional
+# domain and one or more lower-case path components; a component is alphanumeric runs joined by
+# `.`, `_`, `__` or dashes, so it neither starts nor ends with one. The first component is a
+# domain only when it has a `.` or `:` or is `localhost` (Docker Hub otherwise), which makes
+# `MyOrg/name` an invalid name, not a registry called MyOrg.
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = re.compile(rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
+_PATH_PART = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+#: Longest repository name (domain and path), as the distribution spec has it.
+MAX_NAME_CHARS = 255
+#: Longest tag.
+MAX_TAG_CHARS = 128
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` (``[domain/]path``, no tag) is not a repository name, or None."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"is {len(name)} characters long; a repository name may have {MAX_NAME_CHARS}"
+    parts = name.split("/")
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"):
+        if not _DOMAIN.fullmatch(first):
+            return f"has an invalid registry host {shown(first)}"
+        parts = parts[1:]
+    for part in parts:
+        if not _PATH_PART.fullmatch(part):
+            return (
+                f"has an invalid path component {shown(part)}: lower-case letters and digits,"
+                " joined by single . or _, __ or dashes (not at the start or end)"
+            )
+    return None
+
+
+#: Local repository prefix of the images this tool builds (``hepml/<spec name>``).
+LOCAL_PREFIX = "hepml"
+
+
+def local_name_problem(name: str) -> str | None:
+    """Why a spec name cannot be the local repository ``hepml/<name>``, or None."""
+    why = _name_problem(f"{LOCAL_PREFIX}/{name}")
+    if why is None:
+        return None
+    if len(name) > MAX_NAME_CHARS - len(LOCAL_PREFIX) - 1:
+        return (
+            f"spec name is {len(name)} characters long; as the repository"
+            f" {LOCAL_PREFIX}/<name> it may have {MAX_NAME_CHARS - len(LOCAL_PREFIX) - 1}"
+        )
+    return f"spec name {shown(name)} is not a valid repository name: no dash at the start or end"
 
 
 def image_ref(value: str) -> str:
     """An image reference ``[registry/]repository[:tag]`` (a digest goes in ``digest``)."""
     if "@" in value:
         raise ValueProblem(
-            f"{_shown(value)} contains a digest", "write the digest under `digest:` instead"
+            f"{shown(value)} contains a digest", "write the digest under `digest:` instead"
         )
-    if not _IMAGE_REF.fullmatch(value):
+    name, tag_text = value, None
+    last = value.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag_text = value.rsplit(":", 1)
+    why = _name_problem(name)
+    if why is None and tag_text is not None and not _TAG_TEXT.fullmatch(tag_text):
+        why = f"has an invalid tag {shown(tag_text)} (letters, digits, _ . -, at most 128)"
+    if why is not None:
         raise ValueProblem(
-            f"{_shown(value)} is not a valid image reference",
+            f"{shown(value)} is not a valid image reference: it {why}",
             "for example almalinux:9.4 or registry.example.org/group/name:tag",
         )
     return value
@@ -299,30 +360,35 @@ def image_digest(value: str) -> str:
     """A content digest ``sha256:<64 hex>``."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
         raise ValueProblem(
-            f"{_shown(value)} is not a sha256 digest",
+            f"{shown(value)} is not a sha256 digest",
             "write sha256: followed by 64 lower-case hex digits",
         )
     return value
 
 
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
 def tag(value: str) -> str:
     """A Docker tag after expansion."""
-    if not _TAG.fullmatch(value):
+    if not _TAG_TEXT.fullmatch(value):
+        too_long = len(value) > MAX_TAG_CHARS
         raise ValueProblem(
-            f"tag {_shown(value)} is not valid",
-            "tags use letters, digits, _ . - and at most 128 characters",
+            f"tag {shown(value)} is not valid"
+            + (f": it is {len(value)} characters long" if too_long else ""),
+            f"tags use letters, digits, _ . - and at most {MAX_TAG_CHARS} characters",
         )
     return value
 
 
 def repository(value: str) -> str:
     """A registry repository ``host[:port]/path`` without tag."""
-    if ":" in value.rsplit("/", 1)[-1] or "@" in value or not _IMAGE_REF.fullmatch(value):
+    if ":" in value.rsplit("/", 1)[-1] or "@" in value:
         raise ValueProblem(
-            f"{_shown(value)} is not a repository name",
+            f"{shown(value)} is not a repository name",
+            "for example ghcr.io/org/name, without a tag",
+        )
+    why = _name_problem(value)
+    if why is not None:
+        raise ValueProblem(
+            f"{shown(value)} is not a repository name: it {why}",
             "for example ghcr.io/org/name, without a tag",
         )
     return value
@@ -335,10 +401,10 @@ MAX_FILE_MODE = 0o777
 def file_mode(value: str) -> str:
     """Octal permission bits (at most 0777: no setuid, setgid or sticky bit)."""
     if not re.fullmatch(r"0{0,2}[0-7]{3}|0*[1-7][0-7]{3}", value):
-        raise ValueProblem(f"file mode must be octal like 0644 or 0755, got {_shown(value)}")
+        raise ValueProblem(f"file mode must be octal like 0644 or 0755, got {shown(value)}")
     if int(value, 8) > MAX_FILE_MODE:
         raise ValueProblem(
-            f"file mode {_shown(value)} sets the setuid, setgid or sticky bit",
+            f"file mode {shown(value)} sets the setuid, setgid or sticky bit",
             "use permission bits only, at most 0777 (e.g. 0644 or 0755)",
         )
     return f"{int(value, 8):04o}"
@@ -362,21 +428,21 @@ def smoke_command(value: str) -> str:
 def one_line(value: str, what: str) -> str:
     """Printable text on one line (a description, an exec-form argument)."""
     if not value.isprintable():
-        raise ValueProblem(f"{what} {_shown(value)} must be printable text on one line")
+        raise ValueProblem(f"{what} {shown(value)} must be printable text on one line")
     return definition_text(value, what)
 
 
 def choice(value: str, what: str, allowed: tuple[str, ...]) -> str:
     """One of a fixed set of words (checked again after matrix substitution)."""
     if value not in allowed:
-        raise ValueProblem(f"{what} must be one of {', '.join(allowed)}; got {_shown(value)}")
+        raise ValueProblem(f"{what} must be one of {', '.join(allowed)}; got {shown(value)}")
     return value
 
 
 def suite(value: str) -> str:
     """A Debian suite or codename."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", value):
-        raise ValueProblem(f"{_shown(value)} is not a valid suite name", "for example bookworm")
+        raise ValueProblem(f"{shown(value)} is not a valid suite name", "for example bookworm")
     return value
 
 

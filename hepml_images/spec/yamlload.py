@@ -25,8 +25,12 @@ from hepml_images.errors import Problem
 MAX_BYTES = 1_000_000
 #: Most nodes that a document may expand to once aliases are followed.
 MAX_NODES = 100_000
-#: Deepest nesting accepted.
+#: Deepest nesting accepted; checked while the text is parsed, so that a document of a million
+#: ``[`` ends in this problem, not in a RecursionError.
 MAX_DEPTH = 64
+#: Most text (scalars, keys and key paths) that a document may expand to once aliases are
+#: followed: a large anchored scalar aliased many times stays a few nodes but many bytes.
+MAX_EXPANDED_BYTES = 4 * 1024 * 1024
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -102,7 +106,7 @@ def parse(raw: bytes, filename: str) -> Document:
     ):
         raise problem("the file is empty", None, "a spec needs at least `name:` and `base:`")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_make_loader(filename))
     except yaml.composer.ComposerError as exc:
         raise _marked(filename, exc) from None
     except yaml.YAMLError as exc:
@@ -112,6 +116,41 @@ def parse(raw: bytes, filename: str) -> Document:
     builder = _Builder(filename)
     data = builder.build(node, "", 0)
     return Document(data, dict(builder.lines))
+
+
+def _make_loader(filename: str) -> type[yaml.SafeLoader]:
+    """A safe loader whose composer stops at ``MAX_DEPTH`` (PyYAML composes recursively)."""
+
+    class _DepthLimited(yaml.SafeLoader):
+        trail: tuple[str, ...] = ("",)
+
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+            # ``index`` is the key node of a mapping value, the position of a list item
+            if parent is None:
+                path = ""
+            elif isinstance(index, yaml.ScalarNode):
+                path = join(self.trail[-1], str(index.value)[:100])
+            else:
+                path = join(self.trail[-1], index if isinstance(index, int) else "?")
+            if len(self.trail) > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise YamlProblem(
+                    Problem(
+                        filename,
+                        event.start_mark.line + 1,
+                        path,
+                        f"nesting deeper than {MAX_DEPTH} levels",
+                        f"a spec is nested a few levels deep; the limit is {MAX_DEPTH}",
+                    )
+                )
+            saved = self.trail
+            self.trail = (*saved, path)
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.trail = saved
+
+    return _DepthLimited
 
 
 def _marked(filename: str, exc: yaml.YAMLError) -> YamlProblem:
@@ -134,6 +173,7 @@ class _Builder:
         self.filename = filename
         self.lines: dict[str, int] = {}
         self.count = 0
+        self.size = 0
         self._constructor = yaml.SafeLoader("")
 
     def _fail(self, node: yaml.Node, path: str, message: str, hint: str | None = None) -> None:
@@ -150,6 +190,15 @@ class _Builder:
             )
         if depth > MAX_DEPTH:
             self._fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
+        self.size += len(path) + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+        if self.size > MAX_EXPANDED_BYTES:
+            self._fail(
+                node,
+                path,
+                f"document expands to more than {MAX_EXPANDED_BYTES} bytes of text"
+                " (YAML aliases repeat large values)",
+                "write the values out instead of repeating large anchors",
+            )
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in {
             _MAP_TAG,

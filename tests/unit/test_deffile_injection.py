@@ -169,4 +169,4 @@ def test_messages_quote_at_most_a_snippet_of_a_value(check: Callable[[str], str]
     with pytest.raises(values.ValueProblem) as caught:
         check(value)
     assert len(caught.value.message) < 700
-    assert "100019 chars" in caught.value.message or "x" * 50 in caught.value.message
+    assert f"({len(value)} characters)" in caught.value.message
