@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # checks and says what is missing). HOST_SETUP=true skips it, e.g. to lint on a bare laptop.
 HOST_SETUP ?= bash scripts/setup-host.sh
 
-.PHONY: setup host run test lint typecheck unit golden bench clean
+.PHONY: setup host run test lint typecheck unit integration golden bench clean
 
 ## the machine: build tools and a Docker Engine (scripts/setup-host.sh)
 host:
@@ -31,8 +31,8 @@ export HEPML_CA_BUNDLE
 run: setup
 	$(BIN)/hepml-images build
 
-## everything CI checks: lint, types, tests
-test: lint typecheck unit
+## everything CI checks: lint, types, unit tests (no engine), integration tests (the real engine)
+test: lint typecheck unit integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,8 +41,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## unit and golden tests: no Docker Engine is reached (a fixture fails any test that tries)
 unit: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not integration"
+
+## integration tests: real Docker Engine, loopback registry, siftool, squashfs tools
+integration: setup
+	$(BIN)/python -m pytest -m integration
 
 ## refresh the golden files after a deliberate rendering change (then review the diff)
 golden: $(STAMP)
