@@ -8,6 +8,9 @@ Integration tests use the real Docker Engine.
 from __future__ import annotations
 
 import hashlib
+import io
+import re
+import tarfile
 import threading
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any
@@ -86,7 +89,16 @@ class FakeEngine:
         activity: Activity,
     ) -> str:
         self._record("build", request.tag)
-        image = self.add(request.tag, request.labels)
+        with tarfile.open(fileobj=io.BytesIO(request.context)) as tar:
+            member = tar.extractfile("Dockerfile")
+            dockerfile = member.read().decode() if member else ""
+        labels = dict(re.findall(r'(io\.hepml\.[a-z.]+)="([^"]*)"', dockerfile))
+        image = Image(
+            id=digest_of(f"{request.tag} {len(self.calls)}"),
+            tags=(request.tag,),
+            labels={**labels, **request.labels},
+        )
+        self.images[request.tag] = self.images[image.id] = image
         return image.id
 
     def relabel(self, image_id: str, labels: Mapping[str, str], reference: str) -> str:
