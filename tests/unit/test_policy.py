@@ -25,7 +25,6 @@ from hepml_images.smoke import session
 from tests.unit.fakes import FakeEngine, digest_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from hepml_images.resolve import ResolvedVariant
@@ -124,7 +123,7 @@ class _Events:
 
 
 @pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEngine]:
+def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
     """A fake engine whose pushes land in its registry, which publish reads back."""
     fake = FakeEngine()
 
