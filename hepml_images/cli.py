@@ -22,12 +22,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from hepml_images import __version__, display, grid, imageinfo, outputs, pipeline
 from hepml_images.build.ca import CA_ENV
-from hepml_images.doctor import CHECK_NAMES, Status, evaluate, gather, required_checks
+from hepml_images.doctor import CHECK_NAMES, evaluate, gather, required_checks
 from hepml_images.engine import connect
 from hepml_images.errors import HepmlError, TestsFailed, UsageError
 from hepml_images.registry import REGISTRY_ENV
@@ -166,6 +164,11 @@ SpecsDirOpt = Annotated[
 ]
 
 
+def _listed(help_text: str) -> Any:  # noqa: ANN401 - typer's ArgumentInfo
+    """A list of SPEC/IMAGE arguments, empty by default (the command says what empty means)."""
+    return typer.Argument(help=help_text, show_default=False)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"hepml-images {__version__}", markup=False)
@@ -256,25 +259,13 @@ def render(
         files = rendered[0][1]
         sys.stdout.write(files.dockerfile if fmt is OutputFormat.docker else files.singularity)
         return
-    for resolved, files in rendered:
-        subdir = None if len(rendered) == 1 else resolved.slug
-        target = directory if subdir is None else directory / subdir
-        written = outputs.write_build_dir(files, directory, fmt.value, subdir=subdir)
-        names = [p.name for p in written if p.name in outputs.FILENAMES.values()]
-        err.print(
-            f"{resolved.key}: wrote {', '.join(names)} and"
-            f" {len(written) - len(names)} context file(s) to {target}",
-            markup=False,
-        )
+    pipeline.write_rendered(rendered, directory, fmt.value, events)
 
 
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec language (for editors)."""
     sys.stdout.write(json.dumps(SPEC_SCHEMA, indent=2, sort_keys=True) + "\n")
-
-
-_STATUS_STYLE = {Status.ok: "green", Status.warning: "yellow", Status.missing: "red"}
 
 
 @app.command()
@@ -298,18 +289,7 @@ def doctor(
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
-        table = Table(title="hepml-images doctor")
-        for column in ("check", "status", "detail"):
-            table.add_column(column, overflow="fold")
-        for check in report.checks:
-            status = Text(check.status.value, style=_STATUS_STYLE[check.status])
-            table.add_row(check.name, status, Text(check.detail))
-        out.print(table)
-        hints = [c for c in report.checks if c.hint]
-        if hints:
-            out.print("hints:")
-        for check in hints:
-            out.print(f"  {check.name}: {check.hint}", markup=False)
+        display.show_doctor(out, report)
         if report.failed:
             names = ", ".join(c.name for c in report.failed)
             err.print(f"error: required check(s) not ok: {names}", markup=False)
@@ -324,10 +304,7 @@ def doctor(
 def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     specs: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Specs to build (default: the default environment, debian-tensorflow cpu).",
-            show_default=False,
-        ),
+        _listed("Specs to build (default: the default environment, debian-tensorflow cpu)."),
     ] = None,
     variant: VariantOpt = None,
     jobs: Annotated[
@@ -389,19 +366,13 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         raise run.error
 
 
-def _split_sifs(targets: list[str] | None) -> tuple[list[Path], list[str]]:
-    sifs = [Path(t) for t in targets or [] if t.endswith(".sif")]
-    return sifs, [t for t in targets or [] if not t.endswith(".sif")]
-
-
 @app.command("test")
 def smoke_test(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     targets: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Specs (their built images), image references or SIF files (FILE.sif);"
-            " default: the default environment.",
-            show_default=False,
+        _listed(
+            "Specs (their built images), image references or SIF files (FILE.sif);"
+            " default: the default environment."
         ),
     ] = None,
     variant: VariantOpt = None,
@@ -411,28 +382,16 @@ def smoke_test(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     as_json: JsonOpt = False,
 ) -> None:
     """Smoke-test built images (or SIF files): component checks, smoke commands, GPU checks."""
-    sifs, rest = _split_sifs(targets)
-    found = tuple(search or ())
     _stoppable()
-    results: list[dict[str, Any]] = []
-    passed = True
     with pipeline.interrupted_guard("interrupted: test containers were removed"):
-        if rest or not sifs:
-            engine = connect()
-            pairs = pipeline.targets(engine, rest, variant, search=found)
-            tested = pipeline.smoke_test(engine, pairs, gpu, events)
-            _junit(junit, tested)
-            results += display.tested_json(tested)
-            passed = tested.passed
-            junit = None
-        if sifs:
-            tested = pipeline.smoke_test_sifs(sifs, gpu, events, search=found)
-            _junit(junit, tested)
-            results += display.sif_tested_json(tested, sifs)
-            passed = passed and tested.passed
+        images, sifs, paths = pipeline.smoke_test_arguments(
+            targets or [], variant, gpu, events, search=tuple(search or ())
+        )
+    _junit(junit, pipeline.Tested(reports=images.reports + sifs.reports))
     if as_json:
-        _print_json({"tests": results})
-    if not passed:
+        tests = display.tested_json(images) + display.sif_tested_json(sifs, paths)
+        _print_json({"tests": tests})
+    if not (images.passed and sifs.passed):
         raise TestsFailed("smoke tests failed (see the table above)")
 
 
@@ -440,10 +399,7 @@ def smoke_test(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
 def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     specs: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Specs whose built images to push (default: the default environment).",
-            show_default=False,
-        ),
+        _listed("Specs whose built images to push (default: the default environment)."),
     ] = None,
     variant: VariantOpt = None,
     registry: RegistryOpt = None,
@@ -459,25 +415,23 @@ def publish_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fl
     engine = connect()
     pairs = pipeline.built_images(engine, specs, variant)
     _stoppable()
-    sif_rows: list[Any] = []
     with pipeline.interrupted_guard(
         "interrupted: some tags may be missing",
         hint="run the same command again: it pushes only what is missing",
     ):
-        rows, problem = pipeline.publish_images(
-            engine, pairs, events, registry=registry, dry_run=dry_run, force=force
+        rows, sif_rows, problem = pipeline.publish_all(
+            engine,
+            pairs,
+            events,
+            registry=registry,
+            dry_run=dry_run,
+            force=force,
+            sif=sif,
+            sif_dir=sif_dir,
         )
-        if sif and problem is None and not dry_run:
-            made = pipeline.grid_outputs(
-                engine, pairs, events, sif_dir=sif_dir, allow_untested=False, sandboxes=False
-            )
-            sif_rows, problem = pipeline.publish_sifs(made, events, registry=registry, force=force)
     if as_json:
         _print_json(
-            {
-                "publish": display.published_json(rows),
-                "sif": display.sifs_published_json(sif_rows),
-            }
+            {"publish": display.published_json(rows), "sif": display.sifs_published_json(sif_rows)}
         )
     if problem is not None:
         raise problem
@@ -515,17 +469,7 @@ def inspect_command(
     if as_json:
         _print_json(data)
         return
-    table = Table(title=Text(f"{image} ({info.where})"), show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value", overflow="fold")
-    for key in ("image_id", "digest", "created", "architecture"):
-        table.add_row(key, Text(str(data[key] or "")))
-    if data["smoke_test"] is not None:
-        verdict = "passed" if data["smoke_test"]["passed"] else "FAILED"
-        table.add_row("smoke tests", f"{verdict} ({data['smoke_test']['finished']})")
-    for key, value in data["labels"].items():
-        table.add_row(Text(key), Text(value))
-    out.print(table)
+    out.print(display.image_table(f"{image} ({info.where})", data))
 
 
 # --- grid artifacts: sif, sandbox, ducc-wishlist ---------------------------------------------
@@ -535,10 +479,8 @@ def inspect_command(
 def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     targets: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Specs (their built images) or image references; default: the default"
-            " environment.",
-            show_default=False,
+        _listed(
+            "Specs (their built images) or image references; default: the default environment."
         ),
     ] = None,
     variant: VariantOpt = None,
@@ -617,10 +559,7 @@ def sandbox_command(
 def ducc_wishlist(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     specs: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Specs whose published images to list (default: the default environment).",
-            show_default=False,
-        ),
+        _listed("Specs whose published images to list (default: the default environment)."),
     ] = None,
     variant: VariantOpt = None,
     registry: RegistryOpt = None,
@@ -668,10 +607,7 @@ def ci_generate(
     ],
     specs: Annotated[
         list[str] | None,
-        typer.Argument(
-            help="Specs to build (with their parents); default: every shipped spec.",
-            show_default=False,
-        ),
+        _listed("Specs to build (with their parents); default: every shipped spec."),
     ] = None,
     output: Annotated[
         str | None,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from typing_extensions import Self
 
+    from hepml_images.doctor import Report
     from hepml_images.pipeline import BuildRun, Tested
     from hepml_images.publish import Published, SifPublished
     from hepml_images.resolve import ResolvedVariant
@@ -290,6 +291,40 @@ class Display:
                 Text(row.manifest),
             )
         self.console.print(table)
+
+
+_STATUS_STYLE = {"ok": "green", "warning": "yellow", "missing": "red"}
+
+
+def show_doctor(console: Console, report: Report) -> None:
+    """The doctor's table, then a hint per check that has one."""
+    table = Table(title="hepml-images doctor")
+    for column in ("check", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in report.checks:
+        status = Text(check.status.value, style=_STATUS_STYLE[check.status.value])
+        table.add_row(Text(check.name), status, Text(check.detail))
+    console.print(table)
+    hints = [c for c in report.checks if c.hint]
+    if hints:
+        console.print("hints:")
+    for check in hints:
+        console.print(f"  {check.name}: {check.hint}", markup=False)
+
+
+def image_table(title: str, data: dict[str, Any]) -> Table:
+    """What `inspect` shows: IDs, digests, the smoke-test result, the labels."""
+    table = Table(title=Text(title), show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in ("image_id", "digest", "created", "architecture"):
+        table.add_row(key, Text(str(data[key] or "")))
+    if data["smoke_test"] is not None:
+        verdict = "passed" if data["smoke_test"]["passed"] else "FAILED"
+        table.add_row("smoke tests", f"{verdict} ({data['smoke_test']['finished']})")
+    for key, value in data["labels"].items():
+        table.add_row(Text(key), Text(value))
+    return table
 
 
 # --- machine-readable forms (--json) --------------------------------------------------------

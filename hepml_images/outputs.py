@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 PERMISSION_BITS = 0o777
 #: The build files of one variant, by format.
 FILENAMES = {"docker": "Dockerfile", "singularity": "Singularity.def"}
+#: Which build files to write.
+Format = Literal["docker", "singularity", "all"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -194,9 +196,7 @@ def write_file(path: Path, content: bytes, *, mode: int = 0o644) -> Path:
     return write_files(path.parent, [OutputFile(name=path.name, content=content, mode=mode)])[0]
 
 
-def build_files(
-    rendered: Rendered, fmt: Literal["docker", "singularity", "all"], *, subdir: str | None = None
-) -> list[OutputFile]:
+def build_files(rendered: Rendered, fmt: Format, *, subdir: str | None = None) -> list[OutputFile]:
     """One variant's build files (in ``subdir`` if given) and build context, to write."""
     prefix = "" if subdir is None else f"{subdir}/"
     if subdir is not None and "/" in subdir:
@@ -217,7 +217,7 @@ def build_files(
 def write_build_dir(
     rendered: Rendered,
     directory: Path,
-    fmt: Literal["docker", "singularity", "all"],
+    fmt: Format,
     *,
     subdir: str | None = None,
 ) -> list[Path]:

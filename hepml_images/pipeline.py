@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from hepml_images import grid, provenance
+from hepml_images import grid, outputs, provenance
 from hepml_images import publish as publishing
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.build.graph import Builder, Options, Outcome, State, up_to_date
@@ -135,6 +135,24 @@ def resolve_directory(directory: Path) -> Resolution:
 def render_variants(variants: Sequence[ResolvedVariant]) -> list[tuple[ResolvedVariant, Rendered]]:
     """Render every variant's build files."""
     return [(variant, render(variant.plan)) for variant in variants]
+
+
+def write_rendered(
+    rendered: Sequence[tuple[ResolvedVariant, Rendered]],
+    directory: Path,
+    fmt: outputs.Format,
+    events: Events,
+) -> None:
+    """Write rendered build files: into ``directory``, or a subfolder per variant if several."""
+    for variant, files in rendered:
+        subdir = None if len(rendered) == 1 else variant.slug
+        written = outputs.write_build_dir(files, directory, fmt, subdir=subdir)
+        names = [p.name for p in written if p.name in outputs.FILENAMES.values()]
+        target = directory if subdir is None else directory / subdir
+        events.note(
+            f"{variant.key}: wrote {', '.join(names)} and"
+            f" {len(written) - len(names)} context file(s) to {target}"
+        )
 
 
 def variant_from_labels(
@@ -537,6 +555,29 @@ def smoke_test_sifs(
     return Tested(reports=tuple(reports))
 
 
+def smoke_test_arguments(
+    arguments: Sequence[str],
+    variant: Sequence[str] | None,
+    gpu: GpuMode,
+    events: Events,
+    *,
+    search: Sequence[Path] = (),
+) -> tuple[Tested, Tested, list[Path]]:
+    """``hepml-images test``: the images that specs and references name, and SIF files.
+
+    Without arguments, the default environment's image. Returns the images' reports, the SIF
+    files' reports and the SIF files.
+    """
+    sifs = [Path(a) for a in arguments if a.endswith(".sif")]
+    rest = [a for a in arguments if not a.endswith(".sif")]
+    images = Tested()
+    if rest or not sifs:
+        engine = connect()
+        images = smoke_test(engine, targets(engine, rest, variant, search=search), gpu, events)
+    tested = smoke_test_sifs(sifs, gpu, events, search=search) if sifs else Tested()
+    return images, tested, sifs
+
+
 # --- publish --------------------------------------------------------------------------------
 
 
@@ -568,6 +609,35 @@ def publish_sifs(
     rows = publishing.publish_sifs(made, registry, force=force, note=events.note)
     events.sifs_published(rows)
     return rows, publishing.sif_failure(rows)
+
+
+def publish_all(  # noqa: PLR0913 - keyword-only settings
+    engine: Engine,
+    pairs: Sequence[Target],
+    events: Events,
+    *,
+    registry: str | None,
+    dry_run: bool,
+    force: bool,
+    sif: bool,
+    sif_dir: Path | None,
+) -> tuple[
+    list[publishing.Published], list[publishing.SifPublished], publishing.PublishFailed | None
+]:
+    """``hepml-images publish``: the images, then (``sif``) their SIFs, only if all went well.
+
+    A dry run pushes nothing and makes no SIF.
+    """
+    rows, problem = publish_images(
+        engine, pairs, events, registry=registry, dry_run=dry_run, force=force
+    )
+    if not sif or problem is not None or dry_run:
+        return rows, [], problem
+    made = grid_outputs(
+        engine, pairs, events, sif_dir=sif_dir, allow_untested=False, sandboxes=False
+    )
+    sif_rows, problem = publish_sifs(made, events, registry=registry, force=force)
+    return rows, sif_rows, problem
 
 
 # --- the build command's flow ---------------------------------------------------------------
