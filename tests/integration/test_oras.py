@@ -60,7 +60,7 @@ def sif(tmp_path: Path) -> Path:
 @pytest.fixture
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries without waiting (three attempts)."""
-    monkeypatch.setattr(publish, "BACKOFF", (0.0, 0.0))
+    monkeypatch.setattr(reg, "BACKOFF", (0.0, 0.0))
 
 
 def test_push_then_pull_round_trip(registry: Registry, sif: Path, tmp_path: Path) -> None:
