@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from hepml_images import oras, publish
+from hepml_images import oras
 from hepml_images import registry as reg
 from hepml_images.hashing import sha256_digest
 from hepml_images.registry import http as registry_http
