@@ -649,15 +649,24 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             err.print(f"  hint: {exc.hint}", markup=False)
         return exc.exit_code
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user named: ours to explain
+            return _internal(exc)
+        err.print(f"error: {exc.filename}: {exc.strerror or exc}", markup=False)
+        err.print("  hint: check that path and its permissions", markup=False)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the last line of defence: say it is our bug
-        err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)
-        err.print(
-            "this is a bug in hepml-images; set HEPML_DEBUG=1 for the traceback", markup=False
-        )
-        if os.environ.get("HEPML_DEBUG"):
-            traceback.print_exc()
-        return 1
+        return _internal(exc)
     return 0
+
+
+def _internal(exc: Exception) -> int:
+    """An error we did not expect: say it is a bug, and how to see the traceback."""
+    err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)
+    err.print("this is a bug in hepml-images; set HEPML_DEBUG=1 for the traceback", markup=False)
+    if os.environ.get("HEPML_DEBUG"):
+        traceback.print_exc()
+    return 1
 
 
 def entry() -> None:

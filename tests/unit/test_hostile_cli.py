@@ -126,3 +126,18 @@ def test_ci_generate_refuses_a_github_expression_in_a_path(
     spec.write_text(SPEC)
     assert main(["ci", "generate", "--provider", "github", str(spec)]) == 2
     assert "${{" in capsys.readouterr().err
+
+
+def test_an_os_error_on_a_named_path_is_exit_2_not_a_bug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hepml_images import pipeline
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/specs/x.yaml")
+
+    monkeypatch.setattr(pipeline, "resolve_specs", refuse)
+    assert main(["validate", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "/srv/specs/x.yaml: Permission denied" in err
+    assert "internal error" not in err
