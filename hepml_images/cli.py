@@ -75,7 +75,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _stoppable() -> None:
-    """SIGTERM stops the command like Ctrl-C (running steps are cleaned up, exit 130)."""
+    """SIGINT and SIGTERM stop the command: running steps are cleaned up, exit 130.
+
+    SIGINT too, because a process started in the background by a non-interactive shell begins
+    with SIGINT ignored, and then a `kill -INT` would leave a build running to its end.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
