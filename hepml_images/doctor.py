@@ -75,8 +75,8 @@ NVIDIA_TOOLKIT_BINARIES = (
     "nvidia-container-runtime-hook",
     "nvidia-container-cli",
 )
-CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
-NVIDIA_CDI_KIND = "nvidia.com/gpu"
+CDI_DIRS = engine.CDI_DIRS
+NVIDIA_CDI_KIND = engine.NVIDIA_CDI_KIND
 PROC_DRIVER = Path("/proc/driver/nvidia")
 PROBE_TIMEOUT_S = 10
 
@@ -95,6 +95,14 @@ class EngineProbe:
     api_version: str | None = None
     runtimes: tuple[str, ...] | None = None
     default_runtime: str | None = None
+    #: ``Docker Engine`` or ``Podman``
+    flavour: str | None = None
+    #: ``containerd`` (the containerd image store) or the graph driver (``overlay2`` …)
+    store: str | None = None
+    #: how GPU checks ask for GPUs: ``cdi`` or ``gpu`` (the NVIDIA runtime's capability)
+    gpu_request: str | None = None
+    #: the build backend ``build`` uses, and what else was found
+    builder: str | None = None
     error: str | None = None
 
 
@@ -302,6 +310,10 @@ def _engine_check(engine: EngineProbe) -> Check:
         "reachable": engine.reachable,
         "server_version": engine.server_version,
         "api_version": engine.api_version,
+        "flavour": engine.flavour,
+        "store": engine.store,
+        "gpu_request": engine.gpu_request,
+        "builder": engine.builder,
     }
     if not engine.reachable:
         data["error"] = engine.error
@@ -316,8 +328,11 @@ def _engine_check(engine: EngineProbe) -> Check:
         name="engine",
         status=Status.ok,
         detail=(
-            f"Docker Engine {engine.server_version or '?'} (API {engine.api_version or '?'})"
-            f" at {engine.host}"
+            f"{engine.flavour or 'Docker Engine'} {engine.server_version or '?'}"
+            f" (API {engine.api_version or '?'}) at {engine.host}; image store"
+            f" {engine.store or '?'}; GPUs requested through"
+            f" {'CDI' if engine.gpu_request == 'cdi' else 'the gpu capability'}; build backend"
+            f" {engine.builder or '?'}"
         ),
         data=data,
     )
@@ -653,27 +668,26 @@ def probe_engine(timeout: int = PROBE_TIMEOUT_S) -> EngineProbe:
         api_version=_str_or_none(version.get("ApiVersion")),
         runtimes=tuple(sorted(runtimes)) if isinstance(runtimes, dict) else None,
         default_runtime=_str_or_none(info.get("DefaultRuntime")),
+        flavour=engine.flavour(version),
+        store=engine.image_store(info),
+        gpu_request=engine.gpu_request(info, engine.cdi_specs(info.get("CDISpecDirs") or [])),
+        builder=_builder(),
     )
+
+
+def _builder() -> str:
+    """The backend ``build`` uses; whether ``docker buildx`` is there for a BuildKit one."""
+    docker = shutil.which("docker")
+    buildx = _run([docker, "buildx", "version"]) if docker else _Failed("no docker CLI")
+    version = re.search(r"\bv?(\d+\.\d+(?:\.\d+)?)", buildx) if isinstance(buildx, str) else None
+    found = f"docker buildx {version.group(1)} found" if version else "no docker buildx"
+    return f"classic (the Engine API's builder; {found})"
 
 
 def probe_nvidia_toolkit(cdi_dirs: Sequence[str] = CDI_DIRS) -> NvidiaToolkitProbe:
     """The toolkit's binaries on PATH and the CDI spec files that declare NVIDIA GPUs."""
     binaries = {name: path for name in NVIDIA_TOOLKIT_BINARIES if (path := shutil.which(name))}
-    specs = []
-    for directory in cdi_dirs:
-        base = Path(directory)
-        if not base.is_dir():
-            continue
-        for spec in sorted(base.iterdir()):
-            if spec.suffix not in {".yaml", ".yml", ".json"} or not spec.is_file():
-                continue
-            try:
-                text = spec.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            if NVIDIA_CDI_KIND in text:
-                specs.append(str(spec))
-    return NvidiaToolkitProbe(binaries=binaries, cdi_specs=tuple(specs))
+    return NvidiaToolkitProbe(binaries=binaries, cdi_specs=engine.cdi_specs(cdi_dirs))
 
 
 def probe_gpu(proc: Path = PROC_DRIVER) -> GpuProbe:

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from hepml_images.errors import Cancelled, HepmlError
@@ -26,8 +27,11 @@ from hepml_images.errors import Cancelled, HepmlError
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable, Iterator, Mapping, Sequence
-    from pathlib import Path
 
+#: Where CDI specs live when the engine does not say (the CDI specification's defaults).
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+#: The CDI kind NVIDIA's toolkit writes (``nvidia-ctk cdi generate``).
+NVIDIA_CDI_KIND = "nvidia.com/gpu"
 #: Generous: a daemon under a parallel build can be slow to answer a single request.
 API_TIMEOUT_S = 600
 #: Labels every image built by hepml-images carries (set by the rendered Dockerfile).
@@ -187,6 +191,67 @@ class Engine(Protocol):
 
     def gateway(self) -> str | None:
         """The address build containers reach the host at (the default bridge's gateway)."""
+
+
+def cdi_specs(directories: Sequence[str], kind: str = NVIDIA_CDI_KIND) -> tuple[str, ...]:
+    """The CDI spec files in ``directories`` that declare devices of ``kind``."""
+    found = []
+    for directory in directories:
+        base = Path(directory)
+        if not base.is_dir():
+            continue
+        for spec in sorted(base.iterdir()):
+            if spec.suffix not in {".yaml", ".yml", ".json"} or not spec.is_file():
+                continue
+            try:
+                text = spec.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if kind in text:
+                found.append(str(spec))
+    return tuple(found)
+
+
+def gpu_request(info: Mapping[str, Any], local_specs: Sequence[str]) -> str:
+    """How to ask this engine for every GPU: ``cdi`` where it can, else the ``gpu`` capability.
+
+    CDI (``nvidia.com/gpu=all``) works on Docker Engine ≥ 28.2 and Podman ≥ 5.5 where a CDI
+    spec for NVIDIA GPUs exists; Podman's Docker-compatible API ignores the capability form.
+    The engine says it does CDI by naming its spec directories (``CDISpecDirs``); the devices
+    are there when it lists them (``DiscoveredDevices``, API ≥ 1.50) or, for a local engine,
+    when one of those directories holds an NVIDIA spec.
+    """
+    dirs = info.get("CDISpecDirs")
+    if not isinstance(dirs, list) or not dirs:
+        return "gpu"
+    discovered = info.get("DiscoveredDevices")
+    if isinstance(discovered, list) and any(
+        isinstance(d, dict) and str(d.get("ID", "")).startswith(NVIDIA_CDI_KIND) for d in discovered
+    ):
+        return "cdi"
+    return "cdi" if local_specs else "gpu"
+
+
+def image_store(info: Mapping[str, Any]) -> str:
+    """Which image store the engine uses: ``containerd`` (snapshotters) or its graph driver."""
+    for pair in info.get("DriverStatus") or []:
+        if (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2  # noqa: PLR2004 - (key, value)
+            and pair[0] == "driver-type"
+            and "containerd.snapshotter" in str(pair[1])
+        ):
+            return "containerd"
+    return str(info.get("Driver") or "unknown")
+
+
+def flavour(version: Mapping[str, Any]) -> str:
+    """``Docker Engine`` or ``Podman`` (which answers the Docker API too)."""
+    names = [str(c.get("Name", "")) for c in version.get("Components") or [] if isinstance(c, dict)]
+    platform = str((version.get("Platform") or {}).get("Name", ""))
+    if any("podman" in n.lower() for n in names) or "podman" in platform.lower():
+        return "Podman"
+    return "Docker Engine"
 
 
 def connect(timeout: int = API_TIMEOUT_S) -> Engine:

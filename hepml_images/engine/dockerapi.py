@@ -23,7 +23,16 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
-from hepml_images.engine import API_TIMEOUT_S, DEFAULT_HOST, EngineError, Image, RunResult
+from hepml_images.engine import (
+    API_TIMEOUT_S,
+    DEFAULT_HOST,
+    NVIDIA_CDI_KIND,
+    EngineError,
+    Image,
+    RunResult,
+    cdi_specs,
+    gpu_request,
+)
 from hepml_images.errors import BuildError, Cancelled, EngineUnavailable
 
 if TYPE_CHECKING:
@@ -112,6 +121,7 @@ class DockerEngine:
         self.api = client.api
         self.where = where
         self.backend = ClassicBackend(self)
+        self._gpu: list[DeviceRequest] | None = None
 
     @classmethod
     def connect(cls, timeout: int = API_TIMEOUT_S) -> Self:
@@ -281,7 +291,7 @@ class DockerEngine:
         labels: Mapping[str, str],
     ) -> RunResult:
         """Run in a fresh container without network (every GPU when ``gpu``); remove it."""
-        requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu else None
+        requests = self.gpu_devices() if gpu else None
         try:
             container = self.client.containers.create(
                 image_id,
@@ -309,6 +319,18 @@ class DockerEngine:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
         return RunResult(code=code, output=output[-_OUTPUT_CHARS:], timed_out=timed_out)
+
+    def gpu_devices(self) -> list[DeviceRequest]:
+        """Every GPU, asked for through CDI where the engine has it, else the NVIDIA runtime."""
+        if self._gpu is None:
+            info = self.info()
+            dirs = info.get("CDISpecDirs") or []
+            local = cdi_specs(dirs) if self.where.startswith("unix://") else ()
+            if gpu_request(info, local) == "cdi":
+                self._gpu = [DeviceRequest(driver="cdi", device_ids=[f"{NVIDIA_CDI_KIND}=all"])]
+            else:
+                self._gpu = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        return self._gpu
 
     def kill(self, container: str) -> None:
         """Kill a container; it may have ended meanwhile."""

@@ -43,7 +43,11 @@ def test_doctor_sees_the_real_engine(
     assert engine["data"]["api_version"] == api_version
     assert engine["data"]["server_version"] == server_version
     assert f"(API {api_version})" in engine["detail"]
-    runtimes = sorted(docker_client.info()["Runtimes"])
+    info = docker_client.info()
+    snapshotter = ["driver-type", "io.containerd.snapshotter.v1"] in info.get("DriverStatus", [])
+    assert engine["data"]["store"] == ("containerd" if snapshotter else info["Driver"])
+    assert engine["data"]["builder"].startswith("classic")
+    runtimes = sorted(info["Runtimes"])
     assert checks["nvidia-runtime"]["data"]["engine_runtimes"] == runtimes
     assert (checks["nvidia-runtime"]["status"] == "ok") == (
         "nvidia" in runtimes

@@ -46,6 +46,10 @@ ENGINE_OK = EngineProbe(
     api_version="1.41",
     runtimes=("io.containerd.runc.v2", "runc"),
     default_runtime="runc",
+    flavour="Docker Engine",
+    store="overlay2",
+    gpu_request="gpu",
+    builder="classic (the Engine API's builder; no docker buildx)",
 )
 ENGINE_DOWN = EngineProbe(
     host="unix:///var/run/docker.sock",
@@ -89,8 +93,11 @@ def test_a_healthy_machine_passes_every_check() -> None:
     assert report.ok
     assert report.exit_code == 0
     assert report.check("engine").detail == (
-        "Docker Engine 20.10.24+dfsg1 (API 1.41) at unix:///var/run/docker.sock"
+        "Docker Engine 20.10.24+dfsg1 (API 1.41) at unix:///var/run/docker.sock; image store"
+        " overlay2; GPUs requested through the gpu capability; build backend classic (the"
+        " Engine API's builder; no docker buildx)"
     )
+    assert report.check("engine").data["store"] == "overlay2"
     assert report.check("gpu").data["gpus"][0]["name"] == "NVIDIA A100-SXM4-80GB"
 
 
