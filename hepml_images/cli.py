@@ -28,7 +28,7 @@ from hepml_images.build.ca import CA_ENV
 from hepml_images.doctor import CHECK_NAMES, evaluate, gather, required_checks
 from hepml_images.engine import connect
 from hepml_images.errors import HepmlError, TestsFailed, UsageError
-from hepml_images.registry import REGISTRY_ENV
+from hepml_images.registry import PULL_FROM_ENV, PUSH_CACHE_ENV, REGISTRY_ENV
 from hepml_images.sif import make as make_sif
 from hepml_images.smoke import session
 from hepml_images.smoke.runner import GpuMode
@@ -336,6 +336,26 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     force: ForceOpt = False,
     sif: SifOpt = False,
     sif_dir: SifDirOpt = None,
+    pull_from: Annotated[
+        str | None,
+        typer.Option(
+            "--pull-from",
+            envvar=PULL_FROM_ENV,
+            help="Before building an image, pull REGISTRY[/NAMESPACE]/<spec>:<content tag> if the"
+            " registry has it (and it carries the same content digest and passed its smoke"
+            " tests); build only what is not there. What --push-cache pushes.",
+        ),
+    ] = None,
+    push_cache: Annotated[
+        str | None,
+        typer.Option(
+            "--push-cache",
+            envvar=PUSH_CACHE_ENV,
+            help="After the tests pass, push every image built here to"
+            " REGISTRY[/NAMESPACE]/<spec> under its content tag only (on any branch: a cache"
+            " for --pull-from, not a publication).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build images in dependency order (skipping what is up to date), then smoke-test them."""
@@ -347,6 +367,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             no_cache=no_cache,
             ca_bundle=ca_bundle,
             log_dir=log_dir or (logs_dir() / time.strftime("%Y%m%d-%H%M%S")),
+            pull_from=pull_from or None,
         ),
         test=not no_test,
         gpu=gpu,
@@ -355,6 +376,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         push=push,
         registry=registry,
         force=force,
+        push_cache=push_cache or None,
     )
     _stoppable()
     run = pipeline.run_build(request, events)
