@@ -106,6 +106,13 @@ class CiProvider(str, Enum):
     github = "github"
 
 
+class CiDocker(str, Enum):
+    """Where the jobs' Docker Engine is."""
+
+    dind = "dind"
+    socket = "socket"
+
+
 SpecArgs = Annotated[
     list[str],
     typer.Argument(help="Spec files (path.yaml) or names of shipped specs.", show_default=False),
@@ -635,6 +642,22 @@ def ci_generate(
         str | None,
         typer.Option("--output", "-o", help="Write the pipeline to this file (default: stdout)."),
     ] = None,
+    docker: Annotated[
+        CiDocker | None,
+        typer.Option(
+            "--docker",
+            help="The jobs' Docker Engine: dind (GitLab's docker:dind service, its default) or"
+            " socket (the runner's own engine, no services; GitHub's only choice).",
+        ),
+    ] = None,
+    gpu_tag: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-tag",
+            help="Run variants with GPU checks on runners with this tag (GitLab tags:, GitHub"
+            " runs-on) with --gpu require; the others anywhere with --gpu auto.",
+        ),
+    ] = None,
 ) -> None:
     """Write a CI pipeline: a job per variant, parents first; publish on default branch, tags."""
     from hepml_images import ci  # noqa: PLC0415 - only this command needs it
@@ -647,6 +670,8 @@ def ci_generate(
         provider.value,
         spec_refs=pipeline.ci_spec_refs(resolution, Path.cwd()),
         arguments=list(specs or []),
+        docker=None if docker is None else docker.value,
+        gpu_tag=gpu_tag,
     )
     if output is None:
         sys.stdout.write(text)
