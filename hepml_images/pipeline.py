@@ -773,7 +773,12 @@ def run_build(
             sandboxes=True,
         )
         if request.test:
-            run.sif_tested = smoke_test_sifs([m.path for _, m in run.sifs], request.gpu, events)
+            # a SIF names its variant by labels: look it up among the specs of this build too
+            # (user spec files), not only the shipped ones
+            search = tuple(sorted({Path(v.source).parent for v in resolution.variants}))
+            run.sif_tested = smoke_test_sifs(
+                [m.path for _, m in run.sifs], request.gpu, events, search=search
+            )
             ok = run.sif_tested.passed
     problem: HepmlError | None = None
     cache_problem: HepmlError | None = None
