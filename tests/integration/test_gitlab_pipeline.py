@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -165,20 +166,26 @@ class GitlabCiLocal:
             "HEPML_INSTALL": "true",
         }
         (repo / ".gitlab-ci-local-variables.yml").write_text(yaml.safe_dump(variables))
-        state = tmp / "state"
-        state.mkdir(exist_ok=True)
+        self.state = tmp / "state"
+        self.state.mkdir(exist_ok=True)
         self.env = {
             **os.environ,
             # the runner has hepml-images: this checkout, with the test environment's tools
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(ROOT),
-            "HEPML_IMAGES_STATE": str(state),
+            "HEPML_IMAGES_STATE": str(self.state),
             "DOCKER_CONFIG": str(tmp / "docker-config"),
             "COLUMNS": "200",
         }
         if HOST_CA.exists():
             self.env["HEPML_CA_BUNDLE"] = str(HOST_CA)
         self.outputs: list[str] = []
+
+    def fresh_runner(self, client: docker.DockerClient, before: set[str]) -> None:
+        """What a fresh runner lacks: the images this test made, and the smoke-test results."""
+        _remove_ours(client, self.registry, before)
+        shutil.rmtree(self.state)
+        self.state.mkdir()
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run(
@@ -242,7 +249,7 @@ def test_the_generated_gitlab_pipeline_runs_and_children_pull_their_parents(
     # 1. a branch pipeline, one job per fresh runner
     logs = {}
     for job in JOBS:
-        _remove_ours(client, registry, before)
+        run.fresh_runner(client, before)
         logs[job] = run(job)
         assert _passed(logs[job], job), logs[job][-4000:]
     parent_log, child_log = logs[JOBS[1]], logs[JOBS[2]]
@@ -262,7 +269,7 @@ def test_the_generated_gitlab_pipeline_runs_and_children_pull_their_parents(
         _junit(repo, name)
 
     # 2. the default branch, all jobs in one run (from the cache: nothing is built)
-    _remove_ours(client, registry, before)
+    run.fresh_runner(client, before)
     for report in (repo / "reports").iterdir():
         report.unlink()
     _git(repo, "checkout", "-q", "-b", "main")
