@@ -73,10 +73,19 @@ def _cpu_seconds() -> float:
 
 
 def _remove_bench(client: docker.DockerClient, host: str) -> None:
+    """Every bench image: its tags, then what only our repository digests still hold."""
+
+    def ours(ref: str) -> bool:
+        return "bench-ci-" in ref or ref.startswith(f"{host}/")
+
     for image in client.api.images():
         for tag in image.get("RepoTags") or []:
-            if "bench-ci-" in tag or tag.startswith(f"{host}/"):
-                client.api.remove_image(tag, force=True)
+            if ours(tag):
+                client.api.remove_image(tag)
+    for image in client.api.images():
+        digests = [d.split("@", 1)[0] for d in image.get("RepoDigests") or []]
+        if not image.get("RepoTags") and digests and all(ours(d) for d in digests):
+            client.api.remove_image(image["Id"], force=True)
 
 
 def _registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:

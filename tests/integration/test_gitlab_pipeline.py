@@ -94,13 +94,23 @@ def _ours(tag: str, registry: Registry, before: set[str]) -> bool:
 
 
 def _remove_ours(client: docker.DockerClient, registry: Registry, before: set[str]) -> list[str]:
-    """Remove (untag) every image this test made, as a fresh runner would not have them."""
+    """Remove every image this test made, as a fresh runner would not have them.
+
+    Our tags are removed one by one (a shared image keeps its own tags); an image left without
+    tags but still held by a repository digest of ours (a pull by digest, a push) is removed by
+    ID, or it would stay in the engine, and a later "pull" would find its layers already there.
+    """
     removed = []
     for image in client.images.list():
         for tag in image.tags:
             if _ours(tag, registry, before):
                 client.images.remove(tag)
                 removed.append(tag)
+    for image in client.images.list():
+        digests = [d.split("@", 1)[0] for d in image.attrs.get("RepoDigests") or []]
+        if not image.tags and digests and all(_ours(d, registry, before) for d in digests):
+            client.images.remove(str(image.id), force=True)
+            removed.append(str(image.id))
     return removed
 
 
