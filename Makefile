@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python -m bench.matrix_cold
 	$(BIN)/python -m bench.image_size
 	$(BIN)/python -m bench.sif_create
+	$(BIN)/python -m bench.ci_pull
 
 clean:
 	rm -rf $(VENV) out build dist

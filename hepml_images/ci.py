@@ -1,32 +1,38 @@
 """CI pipelines for the whole matrix: resolved variants in, GitLab CI or GitHub Actions YAML out.
 
-Pure and deterministic: the same variants give the same bytes (jobs in ``extends`` order, parents
-before children, ties by spec and variant name), written with ``yaml.safe_dump(sort_keys=False)``
-from plain data (non-ASCII escaped) under a header comment.
+Pure and deterministic: the same variants and options give the same bytes (jobs in ``extends``
+order, parents before children, ties by spec and variant name), written with
+``yaml.safe_dump(sort_keys=False)`` from plain data (non-ASCII escaped) under a header comment.
 
 One job per variant (GitHub: one job per spec and parent variant, with a ``strategy.matrix`` leg
 per variant when there are several) runs ``hepml-images build SPEC --variant KEY=VALUE ...
---gpu auto --junit reports/<spec>-<slug>.xml``: it builds, smoke-tests and reports. A job
-``needs:`` exactly the job of its parent variant.
+--gpu auto --junit reports/<spec>-<slug>.xml --pull-from CACHE --push-cache CACHE``: it builds,
+smoke-tests and reports. A job ``needs:`` exactly the job of its parent variant.
 
-The simplification, said in the generated file too: **children rebuild their parents locally**.
-Every CI job starts on a fresh runner with an empty engine, and ``build`` builds the parents a
-variant needs first (skipping those already present), from the same specs, so a child job never
-waits for a registry. Pulling parents from the registry instead would work only on the default
-branch and tags (nothing is pushed elsewhere) and would need the content digests written into the
-file, which would then go stale with every spec change. The registry is only where images are
-published: on the default branch and on tags each job pushes its own variant (``--push --registry
-"$HEPML_REGISTRY"``, tested images only); ``needs:`` publishes a parent before its children and
-stops the children of a broken parent. The price is parent builds repeated in every descendant's
-job; a published child carries the layers of the parent it was built on, which have the
-published parent's content digest and are byte-identical to it for bootstrapped (reproducible)
-bases only.
+**Parents come from the registry.** Every job starts on a fresh runner with an empty engine. Each
+job pushes the images it built, under their content-digest tags only, to a cache namespace of the
+CI system's registry on every branch (``$CI_REGISTRY_IMAGE/cache/<spec>:<digest>``,
+``ghcr.io/<owner>/cache/...``), and ``build --pull-from`` pulls a parent by its content tag
+(checked: same ``io.hepml.digest``, passed smoke tests) instead of building it; what the cache
+does not have is built. ``needs:`` makes the parent job push before its children look. The
+content tag is derived from the specs, so nothing in the file goes stale with a spec change. A
+child is then tested and published on the very parent image its parent job tested.
 
-Other choices: the tool is installed from the checkout (``pip install .``), so a pipeline builds
-the specs and the tool of its own commit; a pip cache is kept; registry credentials come only from
-CI variables and secrets (``HEPML_REGISTRY_USER`` / ``HEPML_REGISTRY_PASSWORD``); GPU checks run
-with ``--gpu auto``, which skips them (and says so) on runners without a GPU; a variant whose
-ancestry bootstraps Debian gets mmdebstrap installed.
+Publishing is unchanged: on the default branch and on tags each job also pushes its own variant
+(``--push --registry "$HEPML_REGISTRY"``, tested images only, with its SIF as an ORAS artifact
+where the spec asks for one), and a last job writes the DUCC wishlist of the published images as
+an artifact.
+
+Runners: ``docker="dind"`` (GitLab: the docker:dind service, today's default) or ``"socket"``
+(the runner's own engine, no services: self-hosted runners, shell executors, GitHub's hosted
+runners); ``gpu_tag``: variants with GPU checks run on runners with that tag (GitLab ``tags:``,
+GitHub ``runs-on``) with ``--gpu require``; without it every job runs ``--gpu auto``.
+
+Other choices: the tool is installed from the checkout (``pip install .``; GitLab: the
+``HEPML_INSTALL`` variable, which a runner with the tool installed can override), so a pipeline
+builds the specs and the tool of its own commit; a pip cache is kept; registry credentials come
+only from CI variables and secrets (``HEPML_REGISTRY_USER`` / ``HEPML_REGISTRY_PASSWORD``); a
+variant whose ancestry bootstraps Debian gets mmdebstrap installed when the runner lacks it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from hepml_images.errors import UsageError
+from hepml_images.smoke.checks import wants_gpu
 from hepml_images.spec.model import Bootstrap
 
 if TYPE_CHECKING:
@@ -47,6 +54,10 @@ if TYPE_CHECKING:
 
 Provider = Literal["gitlab", "github"]
 PROVIDERS: tuple[Provider, ...] = ("gitlab", "github")
+#: Where a job's Docker Engine is: a docker:dind service, or the runner's own (its socket).
+Docker = Literal["dind", "socket"]
+DOCKERS: tuple[Docker, ...] = ("dind", "socket")
+DEFAULT_DOCKER: dict[Provider, Docker] = {"gitlab": "dind", "github": "socket"}
 HEADER = "generated by hepml-images ci generate; do not edit"
 
 #: GitLab: where the Docker Engine (docker:dind) and the job image come from.
@@ -72,70 +83,91 @@ GITHUB_NO_PUBLISH_IF = (
 _GITLAB_NOTES = """\
 GitLab CI pipeline: build, smoke-test and publish every image variant.
 Jobs: one per variant, `needs:` exactly the job of its parent variant (the `extends` graph).
-Parent images: every job starts on a fresh runner with an empty Docker Engine, and
-`hepml-images build` builds the parents a variant needs first (skipping those present):
-children rebuild their parents locally instead of pulling them from the registry. That is
-right on every branch (nothing is pushed outside the default branch and tags), at the price
-of repeated parent builds; `needs:` publishes a parent before its children and stops the
-children of a broken parent.
-Publishing: `rules:` set HEPML_PUBLISH and the credentials on the default branch and on tags
-only; the job then runs `build ... --push --registry "$HEPML_REGISTRY"` for its own variant
-(publish refuses images whose smoke tests did not pass). Credentials only from CI variables:
-CI_REGISTRY_USER / CI_REGISTRY_PASSWORD as HEPML_REGISTRY_USER / HEPML_REGISTRY_PASSWORD, to
-$CI_REGISTRY_IMAGE.
-Docker: the docker:27-dind service with TLS (the runner must allow privileged jobs and share
-/certs/client). Tool: `pip install .` from this checkout, so the pipeline builds the specs and
-the tool of its own commit (pip cache kept per pyproject.toml). GPU checks: `--gpu auto`; the
-runners have no GPU, so the GPU checks are skipped and the JUnit report says so.
+Parent images come from the registry: every job starts on a fresh runner, and on every branch
+pushes the images it built, under their content-digest tags only, to $CI_REGISTRY_IMAGE/cache
+(`--push-cache`); a child job pulls its parents from there by content tag (`--pull-from`,
+checked: same io.hepml.digest, passed smoke tests) and builds only what is not there.
+Publishing: `rules:` set HEPML_PUBLISH on the default branch and on tags only; the job then
+also runs `--push --registry "$HEPML_REGISTRY"` for its own variant (publish refuses images
+whose smoke tests did not pass), with `--sif` where the spec asks for a SIF (an ORAS artifact
+beside the image); the ducc-wishlist job then keeps the DUCC wishlist of the published images
+as an artifact. Credentials only from CI variables: CI_REGISTRY_USER / CI_REGISTRY_PASSWORD as
+HEPML_REGISTRY_USER / HEPML_REGISTRY_PASSWORD (every branch: the cache), to $CI_REGISTRY_IMAGE.
+{docker}
+Tool: $HEPML_INSTALL (default `pip install .` from this checkout, so the pipeline builds the
+specs and the tool of its own commit; set it as a CI variable where the runner has the tool).
+GPU checks: {gpu}
 """
 
 _GITHUB_NOTES = """\
 GitHub Actions workflow: build, smoke-test and publish every image variant.
 Use: copy to .github/workflows/. Jobs: one per spec and parent variant, one matrix leg per
 variant; `needs:` exactly the job of its parent variant (the `extends` graph).
-Parent images: every job starts on a fresh runner with an empty Docker Engine, and
-`hepml-images build` builds the parents a variant needs first (skipping those present):
-children rebuild their parents locally instead of pulling them from the registry. That is
-right on every branch (nothing is pushed outside the default branch and tags), at the price
-of repeated parent builds; `needs:` publishes a parent before its children and stops the
-children of a broken parent.
+Parent images come from the registry: every job starts on a fresh runner, and on every branch
+pushes the images it built, under their content-digest tags only, to ghcr.io/<owner>/cache
+(`--push-cache`); a child job pulls its parents from there by content tag (`--pull-from`,
+checked: same io.hepml.digest, passed smoke tests) and builds only what is not there. Pull
+requests from forks get a read-only token: their cache pushes fail (run them in the base repo).
 Publishing: only on the default branch and on tags (`if:`), each job runs
 `build ... --push --registry` for its own variants (publish refuses images whose smoke tests
-did not pass), to ghcr.io/<owner> (lower-cased: registries want lower-case names) with
-github.actor and secrets.GITHUB_TOKEN as HEPML_REGISTRY_USER / HEPML_REGISTRY_PASSWORD.
+did not pass), with `--sif` where a spec asks for a SIF (an ORAS artifact beside the image), to
+ghcr.io/<owner> (lower-cased: registries want lower-case names) with github.actor and
+secrets.GITHUB_TOKEN as HEPML_REGISTRY_USER / HEPML_REGISTRY_PASSWORD; the ducc-wishlist job
+then uploads the DUCC wishlist of the published images.
 Docker: the runner's own engine. Tool: `pip install .` from this checkout, so the workflow
 builds the specs and the tool of its own commit (setup-python keeps the pip cache).
 Bootstrapped Debian bases need mmdebstrap in unshare mode: Ubuntu 24.04 restricts
-unprivileged user namespaces by default, those jobs lift that. GPU checks: `--gpu auto`; the
-runners have no GPU, so the GPU checks are skipped and the JUnit report says so.
+unprivileged user namespaces by default, those jobs lift that. GPU checks: {gpu}
 """
 
+_DOCKER_NOTES: dict[Docker, str] = {
+    "dind": "Docker: the docker:27-dind service with TLS (the runner must allow privileged jobs"
+    " and share\n/certs/client).",
+    "socket": "Docker: the runner's own engine (its socket; no services): a shell executor, or"
+    " a docker executor\nthat mounts /var/run/docker.sock. Jobs of one runner share its images.",
+}
+_GPU_NOTES = {
+    False: "`--gpu auto`; the runners have no GPU, so the GPU checks are skipped and the\n"
+    "JUnit report says so.",
+    True: "variants with GPU checks run on runners tagged {tag!r} with `--gpu require`\n"
+    "(a missing GPU fails the job); the others run `--gpu auto` on any runner.",
+}
 
-def generate(
+
+def generate(  # noqa: PLR0913 - keyword-only settings
     variants: Iterable[ResolvedVariant],
     provider: Provider,
     *,
     spec_refs: Mapping[str, str] | None = None,
     arguments: Sequence[str] = (),
+    docker: Docker | None = None,
+    gpu_tag: str | None = None,
 ) -> str:
     """The pipeline for ``variants`` and all their parents, as YAML text.
 
     ``spec_refs`` maps a spec name to the SPEC argument the jobs pass to ``hepml-images build``
     (default: the name, for shipped specs); ``arguments`` are the SPEC arguments of the
-    ``ci generate`` command, repeated in the header.
+    ``ci generate`` command, repeated in the header. ``docker`` and ``gpu_tag``: see the module
+    docstring (``docker`` defaults to the provider's usual engine).
     """
     ordered = in_order(variants)
     refs = dict(spec_refs or {})
     check_inputs(ordered, refs, provider)
+    engine = check_runner(provider, docker, gpu_tag)
+    gpu_note = _GPU_NOTES[gpu_tag is not None].format(tag=gpu_tag)
     if provider == "gitlab":
-        data = _gitlab(ordered, refs)
-        notes = _GITLAB_NOTES
+        data = _gitlab(ordered, refs, engine, gpu_tag)
+        notes = _GITLAB_NOTES.format(docker=_DOCKER_NOTES[engine], gpu=gpu_note)
     elif provider == "github":
-        data = _github(ordered, refs)
-        notes = _GITHUB_NOTES
+        data = _github(ordered, refs, gpu_tag)
+        notes = _GITHUB_NOTES.format(gpu=gpu_note)
     else:  # pragma: no cover - the CLI only passes known providers
         raise ValueError(f"unknown CI provider {provider!r}")
-    command = shlex.join(["hepml-images", "ci", "generate", "--provider", provider, *arguments])
+    options = ["--docker", docker] if docker is not None else []
+    options += ["--gpu-tag", gpu_tag] if gpu_tag is not None else []
+    command = shlex.join(
+        ["hepml-images", "ci", "generate", "--provider", provider, *options, *arguments]
+    )
     header = [HEADER, f"regenerate with: {command} -o FILE", "", *notes.splitlines()]
     # allow_unicode=False: every non-ASCII character is written as an escape in a double-quoted
     # scalar. With raw characters, PyYAML writes NEL (U+0085) in a way it reads back as a space,
@@ -195,6 +227,21 @@ def check_inputs(
             )
 
 
+def check_runner(provider: Provider, docker: Docker | None, gpu_tag: str | None) -> Docker:
+    """The engine the jobs use; a ``UsageError`` for what the provider cannot carry."""
+    if gpu_tag is not None and not _PIPELINE_WORD.fullmatch(gpu_tag):
+        raise UsageError(
+            f"--gpu-tag {gpu_tag[:100]!r} cannot go into a CI pipeline",
+            hint="runner tags written into pipelines use letters, digits and _ . + -",
+        )
+    if provider == "github" and docker == "dind":
+        raise UsageError(
+            "--docker dind is for GitLab: GitHub's runners bring their own engine",
+            hint="leave --docker out (or use --docker socket) for GitHub",
+        )
+    return docker or DEFAULT_DOCKER[provider]
+
+
 def in_order(variants: Iterable[ResolvedVariant]) -> list[ResolvedVariant]:
     """The variants and their parents, each once, parents first, stable by name."""
     found: dict[str, ResolvedVariant] = {}
@@ -234,7 +281,37 @@ def variant_args(variant: ResolvedVariant) -> list[str]:
     return [arg for axis, value in variant.matrix for arg in ("--variant", f"{axis}={value}")]
 
 
-def build_command(variant: ResolvedVariant, spec_ref: str, *, publish: bool) -> str:
+#: The cache namespace and the publish registry as the job's shell reads them (GitHub lower-cases:
+#: ``github.repository_owner`` keeps the owner's capitals, registries want lower case).
+GITLAB_SHELL = ('"$HEPML_CACHE"', '"$HEPML_REGISTRY"')
+GITHUB_SHELL = ('"${HEPML_CACHE,,}"', '"${HEPML_REGISTRY,,}"')
+SIF_DIR = "sif"
+
+
+def gpu_mode(variant: ResolvedVariant, gpu_tag: str | None) -> str:
+    """``require`` for a variant with GPU checks when there are GPU runners, else ``auto``."""
+    return "require" if gpu_tag is not None and wants_gpu(variant) else "auto"
+
+
+def cache_options(shell: tuple[str, str] = GITLAB_SHELL) -> str:
+    """``--pull-from CACHE --push-cache CACHE``: parents from the registry, built ones to it."""
+    return f"--pull-from {shell[0]} --push-cache {shell[0]}"
+
+
+def publish_options(*, sif: bool, shell: tuple[str, str] = GITLAB_SHELL) -> str:
+    """What publishing adds: push to the registry, and the SIF as an ORAS artifact."""
+    line = f"--push --registry {shell[1]}"
+    return line + f" --sif --sif-dir {SIF_DIR}" if sif else line
+
+
+def build_command(
+    variant: ResolvedVariant,
+    spec_ref: str,
+    *,
+    publish: bool,
+    gpu_tag: str | None = None,
+    shell: tuple[str, str] = GITLAB_SHELL,
+) -> str:
     """The job's ``hepml-images build`` command line."""
     argv = [
         "hepml-images",
@@ -242,12 +319,14 @@ def build_command(variant: ResolvedVariant, spec_ref: str, *, publish: bool) -> 
         spec_ref,
         *variant_args(variant),
         "--gpu",
-        "auto",
+        gpu_mode(variant, gpu_tag),
         "--junit",
         report_path(variant),
     ]
-    line = shlex.join(argv)
-    return line + ' --push --registry "$HEPML_REGISTRY"' if publish else line
+    line = f"{shlex.join(argv)} {cache_options(shell)}"
+    if publish:
+        line += " " + publish_options(sif=variant.content.singularity.sif, shell=shell)
+    return line
 
 
 def gitlab_job_name(variant: ResolvedVariant) -> str:
@@ -256,9 +335,54 @@ def gitlab_job_name(variant: ResolvedVariant) -> str:
 
 
 _MMDEBSTRAP = "mmdebstrap debian-archive-keyring"
+WISHLIST = "ducc-wishlist.yaml"
+WISHLIST_JOB = "ducc-wishlist"
 
 
-def _gitlab(variants: Sequence[ResolvedVariant], refs: Mapping[str, str]) -> dict[str, Any]:
+def _apt_when_missing(tool: str, packages: str) -> str:
+    """Install ``packages`` unless ``tool`` is on PATH (a runner that has it skips apt)."""
+    return (
+        f"command -v {tool} >/dev/null || {{ apt-get update"
+        f" && apt-get install -y --no-install-recommends {packages}; }}"
+    )
+
+
+def wishlist_command(variants: Sequence[ResolvedVariant], refs: Mapping[str, str]) -> str:
+    """``hepml-images ducc-wishlist`` for every spec of the pipeline (all its variants)."""
+    specs = list(dict.fromkeys(refs.get(v.spec, v.spec) for v in variants))
+    return shlex.join(["hepml-images", "ducc-wishlist", *specs])
+
+
+def _gitlab(
+    variants: Sequence[ResolvedVariant],
+    refs: Mapping[str, str],
+    docker: Docker,
+    gpu_tag: str | None,
+) -> dict[str, Any]:
+    variables: dict[str, str] = {}
+    default: dict[str, Any] = {"image": GITLAB_IMAGE}
+    if docker == "dind":
+        variables |= {
+            "DOCKER_HOST": "tcp://docker:2376",
+            "DOCKER_TLS_CERTDIR": "/certs",
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": "$DOCKER_TLS_CERTDIR/client",
+        }
+        default["services"] = [GITLAB_DIND]
+    variables |= {
+        "PIP_CACHE_DIR": "$CI_PROJECT_DIR/.cache/pip",
+        "PIP_ROOT_USER_ACTION": "ignore",
+        "HEPML_INSTALL": "python -m pip install .",
+        "HEPML_PUBLISH": "false",
+        "HEPML_CACHE": "$CI_REGISTRY_IMAGE/cache",
+        "HEPML_REGISTRY_USER": "$CI_REGISTRY_USER",
+        "HEPML_REGISTRY_PASSWORD": "$CI_REGISTRY_PASSWORD",
+    }
+    default["cache"] = {
+        "key": {"files": ["pyproject.toml"], "prefix": "pip"},
+        "paths": [".cache/pip"],
+    }
+    default["before_script"] = ["$HEPML_INSTALL"]
     data: dict[str, Any] = {
         "workflow": {
             "rules": [
@@ -268,59 +392,52 @@ def _gitlab(variants: Sequence[ResolvedVariant], refs: Mapping[str, str]) -> dic
                 {"if": "$CI_COMMIT_TAG"},
             ]
         },
-        "stages": ["build"],
-        "variables": {
-            "DOCKER_HOST": "tcp://docker:2376",
-            "DOCKER_TLS_CERTDIR": "/certs",
-            "DOCKER_TLS_VERIFY": "1",
-            "DOCKER_CERT_PATH": "$DOCKER_TLS_CERTDIR/client",
-            "PIP_CACHE_DIR": "$CI_PROJECT_DIR/.cache/pip",
-            "PIP_ROOT_USER_ACTION": "ignore",
-            "HEPML_PUBLISH": "false",
-        },
-        "default": {
-            "image": GITLAB_IMAGE,
-            "services": [GITLAB_DIND],
-            "cache": {
-                "key": {"files": ["pyproject.toml"], "prefix": "pip"},
-                "paths": [".cache/pip"],
-            },
-            "before_script": ["python -m pip install ."],
-        },
+        "stages": ["build", "grid"],
+        "variables": variables,
+        "default": default,
     }
     for variant in variants:
         spec_ref = refs.get(variant.spec, variant.spec)
         script = []
         if bootstraps(variant):
+            script.append(_apt_when_missing("mmdebstrap", _MMDEBSTRAP))
+        if variant.content.singularity.sif:
             script.append(
-                f"apt-get update && apt-get install -y --no-install-recommends {_MMDEBSTRAP}"
+                f'if [ "$HEPML_PUBLISH" = true ]; then'
+                f" {_apt_when_missing('mksquashfs', 'squashfs-tools')}; fi"
             )
-        script.append(
-            'if [ "$HEPML_PUBLISH" = true ]; then '
-            f"{build_command(variant, spec_ref, publish=True)}; "
-            f"else {build_command(variant, spec_ref, publish=False)}; fi"
-        )
+        publish = build_command(variant, spec_ref, publish=True, gpu_tag=gpu_tag)
+        plain = build_command(variant, spec_ref, publish=False, gpu_tag=gpu_tag)
+        script.append(f'if [ "$HEPML_PUBLISH" = true ]; then {publish}; else {plain}; fi')
         parent = variant.parent
-        data[gitlab_job_name(variant)] = {
+        job: dict[str, Any] = {
             "stage": "build",
             "needs": []
             if parent is None
             else [{"job": gitlab_job_name(parent), "artifacts": False}],
-            "rules": [
-                {
-                    "if": GITLAB_PUBLISH_IF,
-                    "variables": {
-                        "HEPML_PUBLISH": "true",
-                        "HEPML_REGISTRY": "$CI_REGISTRY_IMAGE",
-                        "HEPML_REGISTRY_USER": "$CI_REGISTRY_USER",
-                        "HEPML_REGISTRY_PASSWORD": "$CI_REGISTRY_PASSWORD",
-                    },
-                },
-                {"when": "on_success"},
-            ],
-            "script": script,
-            "artifacts": {"when": "always", "reports": {"junit": report_path(variant)}},
         }
+        if gpu_mode(variant, gpu_tag) == "require":
+            job["tags"] = [gpu_tag]
+        job["rules"] = [
+            {
+                "if": GITLAB_PUBLISH_IF,
+                "variables": {"HEPML_PUBLISH": "true", "HEPML_REGISTRY": "$CI_REGISTRY_IMAGE"},
+            },
+            {"when": "on_success"},
+        ]
+        job["script"] = script
+        artifacts: dict[str, Any] = {"when": "always", "reports": {"junit": report_path(variant)}}
+        job["artifacts"] = artifacts
+        data[gitlab_job_name(variant)] = job
+    data[WISHLIST_JOB] = {
+        "stage": "grid",
+        "needs": [{"job": gitlab_job_name(v), "artifacts": False} for v in variants],
+        "rules": [{"if": GITLAB_PUBLISH_IF, "variables": {"HEPML_REGISTRY": "$CI_REGISTRY_IMAGE"}}],
+        "script": [
+            f'{wishlist_command(variants, refs)} --registry "$HEPML_REGISTRY" -o {WISHLIST}'
+        ],
+        "artifacts": {"paths": [WISHLIST]},
+    }
     return data
 
 
@@ -366,48 +483,76 @@ def github_groups(
     return named
 
 
-def _github(variants: Sequence[ResolvedVariant], refs: Mapping[str, str]) -> dict[str, Any]:
+_GITHUB_CREDENTIALS = {
+    "HEPML_REGISTRY_USER": "${{ github.actor }}",
+    "HEPML_REGISTRY_PASSWORD": "${{ secrets.GITHUB_TOKEN }}",
+}
+_GITHUB_REGISTRY = "ghcr.io/${{ github.repository_owner }}"
+
+
+def _github_setup() -> list[dict[str, Any]]:
+    return [
+        {"uses": CHECKOUT},
+        {
+            "uses": SETUP_PYTHON,
+            "with": {
+                "python-version": GITHUB_PYTHON,
+                "cache": "pip",
+                "cache-dependency-path": "pyproject.toml",
+            },
+        },
+        {"name": "install hepml-images from this checkout", "run": "pip install ."},
+    ]
+
+
+def _github(
+    variants: Sequence[ResolvedVariant], refs: Mapping[str, str], gpu_tag: str | None
+) -> dict[str, Any]:
     groups = github_groups(variants)
     job_of = {v.key: job_id for job_id, members in groups for v in members}
     jobs: dict[str, Any] = {}
     for job_id, members in groups:
         first = members[0]
         spec_ref = refs.get(first.spec, first.spec)
+        sif = any(v.content.singularity.sif for v in members)
+        gpus = {gpu_mode(v, gpu_tag) for v in members}
         job: dict[str, Any] = {}
         if len(members) > 1:
             job["name"] = f"{first.spec}-${{{{ matrix.slug }}}}"
         if first.parent is not None:
             job["needs"] = [job_of[first.parent.key]]
-        job["runs-on"] = GITHUB_RUNNER
+        mixed = len(gpus) > 1
+        if mixed:
+            job["runs-on"] = "${{ matrix.runner }}"
+        elif gpus == {"require"}:
+            job["runs-on"] = gpu_tag
+        else:
+            job["runs-on"] = GITHUB_RUNNER
+        job["env"] = {"HEPML_CACHE": f"{_GITHUB_REGISTRY}/cache", **_GITHUB_CREDENTIALS}
         if len(members) > 1:
-            job["strategy"] = {
-                "fail-fast": False,
-                "matrix": {
-                    "include": [
-                        {"slug": v.slug, "select": shlex.join(variant_args(v))} for v in members
-                    ]
-                },
-            }
+            legs = []
+            for v in members:
+                leg = {"slug": v.slug, "select": shlex.join(variant_args(v))}
+                if mixed:
+                    leg["gpu"] = gpu_mode(v, gpu_tag)
+                    leg["runner"] = (
+                        GITHUB_RUNNER if gpu_tag is None or leg["gpu"] == "auto" else gpu_tag
+                    )
+                legs.append(leg)
+            job["strategy"] = {"fail-fast": False, "matrix": {"include": legs}}
             slug = "${{ matrix.slug }}"
+            gpu = "${{ matrix.gpu }}" if mixed else gpus.pop()
             build = (
                 f"hepml-images build {shlex.quote(spec_ref)} ${{{{ matrix.select }}}}"
-                f" --gpu auto --junit reports/{first.spec}-{slug}.xml"
+                f" --gpu {gpu} --junit reports/{first.spec}-{slug}.xml"
+                f" {cache_options(GITHUB_SHELL)}"
             )
         else:
             slug = first.slug
-            build = build_command(first, spec_ref, publish=False)
-        steps: list[dict[str, Any]] = [
-            {"uses": CHECKOUT},
-            {
-                "uses": SETUP_PYTHON,
-                "with": {
-                    "python-version": GITHUB_PYTHON,
-                    "cache": "pip",
-                    "cache-dependency-path": "pyproject.toml",
-                },
-            },
-            {"name": "install hepml-images from this checkout", "run": "pip install ."},
-        ]
+            build = build_command(
+                first, spec_ref, publish=False, gpu_tag=gpu_tag, shell=GITHUB_SHELL
+            )
+        steps = _github_setup()
         if bootstraps(first):
             steps.append(
                 {
@@ -417,18 +562,23 @@ def _github(variants: Sequence[ResolvedVariant], refs: Mapping[str, str]) -> dic
                     " && sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
                 }
             )
+        if sif:
+            steps.append(
+                {
+                    "name": "install squashfs-tools (SIF files)",
+                    "if": GITHUB_PUBLISH_IF,
+                    "run": "command -v mksquashfs >/dev/null || { sudo apt-get update"
+                    " && sudo apt-get install -y --no-install-recommends squashfs-tools; }",
+                }
+            )
         steps.extend(
             [
                 {"name": "build and smoke-test", "if": GITHUB_NO_PUBLISH_IF, "run": build},
                 {
                     "name": "build, smoke-test and publish",
                     "if": GITHUB_PUBLISH_IF,
-                    "env": {
-                        "HEPML_REGISTRY": "ghcr.io/${{ github.repository_owner }}",
-                        "HEPML_REGISTRY_USER": "${{ github.actor }}",
-                        "HEPML_REGISTRY_PASSWORD": "${{ secrets.GITHUB_TOKEN }}",
-                    },
-                    "run": f'{build} --push --registry "${{HEPML_REGISTRY,,}}"',
+                    "env": {"HEPML_REGISTRY": _GITHUB_REGISTRY},
+                    "run": f"{build} {publish_options(sif=sif, shell=GITHUB_SHELL)}",
                 },
                 {
                     "name": "upload the JUnit report",
@@ -444,6 +594,30 @@ def _github(variants: Sequence[ResolvedVariant], refs: Mapping[str, str]) -> dic
         )
         job["steps"] = steps
         jobs[job_id] = job
+    if WISHLIST_JOB in jobs:
+        raise UsageError(
+            f"a GitHub job of a spec would be called {WISHLIST_JOB!r}, like the wishlist job",
+            hint="rename the spec",
+        )
+    jobs[WISHLIST_JOB] = {
+        "needs": [job_id for job_id, _ in groups],
+        "if": GITHUB_PUBLISH_IF,
+        "runs-on": GITHUB_RUNNER,
+        "env": {"HEPML_REGISTRY": _GITHUB_REGISTRY, **_GITHUB_CREDENTIALS},
+        "steps": [
+            *_github_setup(),
+            {
+                "name": "the DUCC wishlist of the published images",
+                "run": f"{wishlist_command(variants, refs)}"
+                f' --registry "${{HEPML_REGISTRY,,}}" -o {WISHLIST}',
+            },
+            {
+                "name": "upload the DUCC wishlist",
+                "uses": UPLOAD_ARTIFACT,
+                "with": {"name": "ducc-wishlist", "path": WISHLIST},
+            },
+        ],
+    }
     return {
         "name": "hepml-images",
         "on": {

@@ -28,7 +28,7 @@ from hepml_images.build.ca import CA_ENV
 from hepml_images.doctor import CHECK_NAMES, evaluate, gather, required_checks
 from hepml_images.engine import connect
 from hepml_images.errors import HepmlError, TestsFailed, UsageError
-from hepml_images.registry import REGISTRY_ENV
+from hepml_images.registry import PULL_FROM_ENV, PUSH_CACHE_ENV, REGISTRY_ENV
 from hepml_images.sif import make as make_sif
 from hepml_images.smoke import session
 from hepml_images.smoke.runner import GpuMode
@@ -109,6 +109,13 @@ class CiProvider(str, Enum):
 
     gitlab = "gitlab"
     github = "github"
+
+
+class CiDocker(str, Enum):
+    """Where the jobs' Docker Engine is."""
+
+    dind = "dind"
+    socket = "socket"
 
 
 SpecArgs = Annotated[
@@ -341,6 +348,26 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     force: ForceOpt = False,
     sif: SifOpt = False,
     sif_dir: SifDirOpt = None,
+    pull_from: Annotated[
+        str | None,
+        typer.Option(
+            "--pull-from",
+            envvar=PULL_FROM_ENV,
+            help="Before building an image, pull REGISTRY[/NAMESPACE]/<spec>:<content tag> if the"
+            " registry has it (and it carries the same content digest and passed its smoke"
+            " tests); build only what is not there. What --push-cache pushes.",
+        ),
+    ] = None,
+    push_cache: Annotated[
+        str | None,
+        typer.Option(
+            "--push-cache",
+            envvar=PUSH_CACHE_ENV,
+            help="After the tests pass, push every image built here to"
+            " REGISTRY[/NAMESPACE]/<spec> under its content tag only (on any branch: a cache"
+            " for --pull-from, not a publication).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build images in dependency order (skipping what is up to date), then smoke-test them."""
@@ -352,6 +379,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             no_cache=no_cache,
             ca_bundle=ca_bundle,
             log_dir=log_dir or (logs_dir() / time.strftime("%Y%m%d-%H%M%S")),
+            pull_from=pull_from or None,
         ),
         test=not no_test,
         gpu=gpu,
@@ -360,6 +388,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         push=push,
         registry=registry,
         force=force,
+        push_cache=push_cache or None,
     )
     _stoppable()
     run = pipeline.run_build(request, events)
@@ -618,6 +647,22 @@ def ci_generate(
         str | None,
         typer.Option("--output", "-o", help="Write the pipeline to this file (default: stdout)."),
     ] = None,
+    docker: Annotated[
+        CiDocker | None,
+        typer.Option(
+            "--docker",
+            help="The jobs' Docker Engine: dind (GitLab's docker:dind service, its default) or"
+            " socket (the runner's own engine, no services; GitHub's only choice).",
+        ),
+    ] = None,
+    gpu_tag: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-tag",
+            help="Run variants with GPU checks on runners with this tag (GitLab tags:, GitHub"
+            " runs-on) with --gpu require; the others anywhere with --gpu auto.",
+        ),
+    ] = None,
 ) -> None:
     """Write a CI pipeline: a job per variant, parents first; publish on default branch, tags."""
     from hepml_images import ci  # noqa: PLC0415 - only this command needs it
@@ -630,6 +675,8 @@ def ci_generate(
         provider.value,
         spec_refs=pipeline.ci_spec_refs(resolution, Path.cwd()),
         arguments=list(specs or []),
+        docker=None if docker is None else docker.value,
+        gpu_tag=gpu_tag,
     )
     if output is None:
         sys.stdout.write(text)

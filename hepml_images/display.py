@@ -43,6 +43,7 @@ _STYLE = {
     State.BUILDING: "cyan",
     State.BUILT: "green",
     State.UP_TO_DATE: "green",
+    State.PULLED: "green",
     State.FAILED: "bold red",
     State.BLOCKED: "yellow",
     State.CANCELLED: "yellow",
@@ -397,6 +398,7 @@ def outcome_json(outcome: Outcome, t0: float) -> dict[str, Any]:
         "image_id": outcome.image_id,
         "seconds": None if outcome.seconds is None else round(outcome.seconds, 1),
         "reason": outcome.reason,
+        "pulled_from": outcome.pulled_from,
         "started": offset(outcome.started),
         "finished": offset(outcome.finished),
         "log": str(outcome.log_path) if outcome.log_path else None,
@@ -456,6 +458,8 @@ def build_json(run: BuildRun, *, test: bool) -> dict[str, Any]:
         report["sif"] = [make_sif.summary(m) for _, m in run.sifs]
         if test:
             report["sif_tests"] = sif_tested_json(run.sif_tested, [m.path for _, m in run.sifs])
+    if run.cached:
+        report["cache"] = published_json(run.cached)
     if run.published:
         report["publish"] = published_json(run.published)
     if run.sifs_published:

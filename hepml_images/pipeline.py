@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from hepml_images import grid, outputs, provenance
 from hepml_images import publish as publishing
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
-from hepml_images.build.graph import Builder, Options, Outcome, State, up_to_date
+from hepml_images.build.graph import Builder, Options, Outcome, PullFrom, State, up_to_date
 from hepml_images.engine import DIGEST_LABEL, connect
 from hepml_images.errors import (
     BuildFailed,
@@ -192,6 +193,8 @@ class BuildSettings:
     no_cache: bool = False
     ca_bundle: Path | None = None
     log_dir: Path
+    #: ``REGISTRY[/NS]`` to pull images from by content tag before building them
+    pull_from: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +215,24 @@ def epoch(environ: Mapping[str, str]) -> int:
     """The build's SOURCE_DATE_EPOCH (the default when it is not set)."""
     found = source_date_epoch(environ)
     return DEFAULT_EPOCH if found is None else found
+
+
+def pull_source(namespace: str, note: Callable[[str], None]) -> PullFrom:
+    """``--pull-from``: manifests read over the registry API, credentials from ``registry``."""
+    from hepml_images.registry import credentials, parse_reference  # noqa: PLC0415
+    from hepml_images.registry.http import manifest_digest  # noqa: PLC0415 - requests is heavy
+
+    parse_reference(f"{namespace.rstrip('/')}/probe:tag")  # a malformed namespace fails here
+
+    def auth(registry: str) -> Mapping[str, str] | None:
+        found = credentials(registry)
+        return None if found is None else found.auth_config(registry)
+
+    return PullFrom(
+        namespace=namespace,
+        lookup=lambda ref: manifest_digest(ref, note=note, sleep=time.sleep),
+        auth=auth,
+    )
 
 
 def build(
@@ -253,6 +274,9 @@ def build(
                 created=rfc3339(origin_of(v).epoch),
             ),
             epoch_of=lambda v: origin_of(v).epoch,
+            pull=None
+            if settings.pull_from is None
+            else pull_source(settings.pull_from, events.note),
         )
         builder = Builder(engine_factory, resolution.selected, options, report=events.outcome)
         interrupted = False
@@ -306,14 +330,19 @@ def smoke_test(engine: Engine, targets: Sequence[Target], gpu: GpuMode, events: 
     return Tested(reports=tuple(reports))
 
 
-def to_test(built: Built) -> list[Target]:
+def to_test(built: Built, selected: Sequence[ResolvedVariant] = ()) -> list[Target]:
     """What a build hands to the smoke tests: built images, and up-to-date ones not yet passed.
 
     An image that is up to date and has a passing result for its exact ID is not tested again.
+    A pulled image is tested only when it is one of the ``selected`` (the run's own images: their
+    report, and the publish gate, need a result of this host); pulled parents are trusted by the
+    smoke-test result they carry, which the pull checked.
     """
     targets = []
     for outcome in built.outcomes:
         if not outcome.state.ok:
+            continue
+        if outcome.state is State.PULLED and outcome.variant not in selected:
             continue
         image_id = outcome.image_id or ""
         earlier = session.load_result(image_id)
@@ -323,11 +352,23 @@ def to_test(built: Built) -> list[Target]:
     return targets
 
 
-def smoke_test_built(engine: Engine, built: Built, gpu: GpuMode, events: Events) -> Tested:
+def smoke_test_built(
+    engine: Engine,
+    built: Built,
+    gpu: GpuMode,
+    events: Events,
+    selected: Sequence[ResolvedVariant] = (),
+) -> Tested:
     """Smoke-test what a build produced (see ``to_test``)."""
-    targets = to_test(built)
+    targets = to_test(built, selected)
     for outcome in built.outcomes:
-        if outcome.state.ok and (outcome.variant, outcome.image_id or "") not in targets:
+        pair = (outcome.variant, outcome.image_id or "")
+        if outcome.state is State.PULLED and pair not in targets:
+            events.note(
+                f"{outcome.variant.key}: pulled from {outcome.pulled_from}, which passed its smoke"
+                " tests (io.hepml.smoke.result); not tested again"
+            )
+        elif outcome.state.ok and pair not in targets:
             earlier = session.load_result(outcome.image_id or "") or {}
             events.note(
                 f"{outcome.variant.key}: up to date, passed its smoke tests at"
@@ -589,10 +630,17 @@ def publish_images(  # noqa: PLR0913 - keyword-only settings
     registry: str | None,
     dry_run: bool,
     force: bool,
+    content_only: bool = False,
 ) -> tuple[list[publishing.Published], publishing.PublishFailed | None]:
-    """Gate and push every image under its tags; the results and the error to end with."""
+    """Gate and push every image under its tags (``content_only``: its content tag only)."""
     results = publishing.publish(
-        engine, pairs, registry=registry, dry_run=dry_run, force=force, note=events.note
+        engine,
+        pairs,
+        registry=registry,
+        dry_run=dry_run,
+        force=force,
+        note=events.note,
+        content_only=content_only,
     )
     events.published(results, dry_run=dry_run)
     return results, publishing.failure(results)
@@ -657,6 +705,8 @@ class BuildRequest:
     push: bool = False
     registry: str | None = None
     force: bool = False
+    #: ``REGISTRY[/NS]``: push every image built here under its content tag (any branch)
+    push_cache: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -668,6 +718,8 @@ class BuildRun:
     sifs: list[tuple[ResolvedVariant, Made]] = field(default_factory=list)
     sif_tested: Tested = field(default_factory=Tested)
     published: list[publishing.Published] = field(default_factory=list)
+    #: the content tags pushed to the cache repository (``push_cache``)
+    cached: list[publishing.Published] = field(default_factory=list)
     sifs_published: list[publishing.SifPublished] = field(default_factory=list)
     error: HepmlError | None = None
 
@@ -686,7 +738,11 @@ def run_build(
       ``test`` is off;
     - SIF files (``sif``) are made only when every build and test passed, and are tested too;
     - nothing is pushed unless every build, image test and SIF test passed; SIFs are pushed
-      only after their images were published without a problem.
+      only after their images were published without a problem;
+    - ``push_cache``: every image built here (not the pulled or up-to-date ones) goes to the
+      cache namespace under its content tag only, through the publish gate, before publishing
+      (a cache failure is the run's error but does not stop publishing: the cache only saves
+      time).
     """
     names, chosen = selection(request.specs, request.variant)
     resolution = resolve_specs(names, chosen)
@@ -702,7 +758,7 @@ def run_build(
         )
         return run
     if request.test:
-        run.tested = smoke_test_built(engine, built, request.gpu, events)
+        run.tested = smoke_test_built(engine, built, request.gpu, events, resolution.selected)
     ok = not built.failed and run.tested.passed
     selected = [
         (o.variant, o.image_id or "") for o in built.outcomes if o.variant in resolution.selected
@@ -717,9 +773,29 @@ def run_build(
             sandboxes=True,
         )
         if request.test:
-            run.sif_tested = smoke_test_sifs([m.path for _, m in run.sifs], request.gpu, events)
+            # a SIF names its variant by labels: look it up among the specs of this build too
+            # (user spec files), not only the shipped ones
+            search = tuple(sorted({Path(v.source).parent for v in resolution.variants}))
+            run.sif_tested = smoke_test_sifs(
+                [m.path for _, m in run.sifs], request.gpu, events, search=search
+            )
             ok = run.sif_tested.passed
     problem: HepmlError | None = None
+    cache_problem: HepmlError | None = None
+    if request.push_cache and ok:
+        fresh = [(o.variant, o.image_id or "") for o in built.outcomes if o.state is State.BUILT]
+        if fresh:
+            run.cached, cache_problem = publish_images(
+                engine,
+                fresh,
+                events,
+                registry=request.push_cache,
+                dry_run=False,
+                force=False,
+                content_only=True,
+            )
+        else:
+            events.note(f"nothing built here: nothing to push to {request.push_cache}")
     if request.push and ok:
         run.published, problem = publish_images(
             engine, selected, events, registry=request.registry, dry_run=False, force=request.force
@@ -728,7 +804,7 @@ def run_build(
             run.sifs_published, problem = publish_sifs(
                 run.sifs, events, registry=request.registry, force=request.force
             )
-    run.error = _build_error(run, request) or problem
+    run.error = _build_error(run, request) or problem or cache_problem
     return run
 
 

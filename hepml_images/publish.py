@@ -207,10 +207,16 @@ def publish_one(  # noqa: PLR0913 - keyword-only settings
     force: bool,
     note: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
+    content_only: bool = False,
 ) -> Published:
-    """Publish one admitted variant to one repository (see the module docstring)."""
+    """Publish one admitted variant to one repository (see the module docstring).
+
+    ``content_only``: the content tag alone (the cache repository of ``build --push-cache``).
+    """
     done = Published(variant=variant, image_id=image_id, repository=repository)
     first, others, immutable = planned_tags(variant)
+    if content_only:
+        others = []
     try:
         auth = credentials(registry_of(repository))
         if not dry_run:
@@ -260,8 +266,12 @@ def publish(  # noqa: PLR0913 - keyword-only settings
     force: bool,
     note: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
+    content_only: bool = False,
 ) -> list[Published]:
-    """Gate every image, then publish the admitted ones; refusals are results, not exceptions."""
+    """Gate every image, then publish the admitted ones; refusals are results, not exceptions.
+
+    ``content_only``: push the content tag alone (see ``publish_one``).
+    """
     results: list[Published] = []
     for variant, image_id in targets:
         for repository in repositories(variant, registry):
@@ -286,6 +296,7 @@ def publish(  # noqa: PLR0913 - keyword-only settings
                     force=force,
                     note=note,
                     sleep=sleep,
+                    content_only=content_only,
                 )
             )
     return results

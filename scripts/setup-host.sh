@@ -13,8 +13,12 @@ set -euo pipefail
 
 PACKAGES=(
   docker.io mmdebstrap squashfs-tools squashfs-tools-ng siftool skopeo apache2-utils
-  docker-registry uidmap git make python3 python3-venv ca-certificates
+  docker-registry uidmap git make python3 python3-venv ca-certificates rsync
 )
+# gitlab-ci-local runs the generated GitLab pipeline in the integration tests (shell executor).
+# 4.60.0 is the newest that runs on Debian 12's Node 20 (later ones need Node 22); it needs rsync.
+GITLAB_CI_LOCAL=4.60.0
+NPM_LOG=/var/log/hepml-setup-npm.log
 DOCKERD_LOG=/var/log/hepml-dockerd.log
 APT_LOG=/var/log/hepml-setup-apt.log
 WAIT_S=60
@@ -64,9 +68,12 @@ sys.exit(0 if len(status) >= 2 and status[1] == b"200" else 1)
 EOF
 }
 
-# Packages not installed (docker.io only when no engine and no dockerd is there already).
+# Packages not installed (docker.io only when no engine and no dockerd is there already; nodejs
+# and npm only when no node/npm is on PATH, from any source).
 missing_packages() {
   local pkg
+  command -v node >/dev/null 2>&1 || printf '%s\n' nodejs
+  command -v npm >/dev/null 2>&1 || printf '%s\n' npm
   for pkg in "${PACKAGES[@]}"; do
     installed "$pkg" && continue
     if [ "$pkg" = docker.io ] && { engine_answers || have_dockerd; }; then
@@ -115,6 +122,24 @@ install_packages() {
   if ! apt-get install -y -qq --no-install-recommends "${known[@]}" >>"$APT_LOG" 2>&1; then
     tail -n 20 "$APT_LOG" >&2
     warn "apt-get install failed (log: $APT_LOG)"
+  fi
+}
+
+# The version of gitlab-ci-local on PATH (empty when there is none).
+gitlab_ci_local_version() {
+  command -v gitlab-ci-local >/dev/null 2>&1 || return 0
+  timeout 30 gitlab-ci-local --version 2>/dev/null | tr -d '[:space:]' || true
+}
+
+# gitlab-ci-local at the pinned version, from the npm registry (when missing or another version).
+install_gitlab_ci_local() {
+  command -v npm >/dev/null 2>&1 || return 0 # reported as missing below
+  [ "$(gitlab_ci_local_version)" = "$GITLAB_CI_LOCAL" ] && return 0
+  say "installing gitlab-ci-local@$GITLAB_CI_LOCAL (npm)"
+  if ! npm install -g --no-fund --no-audit --loglevel=error "gitlab-ci-local@$GITLAB_CI_LOCAL" \
+    >"$NPM_LOG" 2>&1; then
+    tail -n 20 "$NPM_LOG" >&2
+    warn "npm install gitlab-ci-local failed (log: $NPM_LOG)"
   fi
 }
 
@@ -184,11 +209,11 @@ check() {
   local -A tools=(
     [mmdebstrap]=mmdebstrap [mksquashfs]=squashfs-tools [tar2sqfs]=squashfs-tools-ng
     [siftool]=siftool [skopeo]=skopeo [htpasswd]=apache2-utils [docker-registry]=docker-registry
-    [newuidmap]=uidmap [git]=git [make]=make [python3]=python3
+    [newuidmap]=uidmap [git]=git [make]=make [python3]=python3 [rsync]=rsync [npm]=npm
   )
   local tool
   for tool in mmdebstrap mksquashfs tar2sqfs siftool skopeo htpasswd docker-registry newuidmap \
-    git make python3; do
+    git make python3 rsync npm; do
     if ! command -v "$tool" >/dev/null 2>&1; then
       say "missing: $tool (fix: $(fix "${tools[$tool]}"))"
       [ "$tool" = mmdebstrap ] && status=1
@@ -196,6 +221,11 @@ check() {
   done
   if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     say "missing: python3 venv support (fix: $(fix python3-venv))"
+  fi
+  local found
+  found=$(gitlab_ci_local_version)
+  if [ "$found" != "$GITLAB_CI_LOCAL" ]; then
+    say "missing: gitlab-ci-local $GITLAB_CI_LOCAL${found:+ (found $found)} (fix: ${sudo}npm install -g gitlab-ci-local@$GITLAB_CI_LOCAL)"
   fi
   if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
     say "missing: CA certificates (fix: $(fix ca-certificates))"
@@ -221,6 +251,9 @@ check() {
 main() {
   if is_root && has_apt; then
     install_packages
+  fi
+  if is_root; then
+    install_gitlab_ci_local
   fi
   if is_root; then
     start_engine || true # check() reports it

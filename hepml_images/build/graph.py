@@ -2,6 +2,13 @@
 
 Parents once and before their children; independent images in parallel; what is up to date is
 skipped; an interruption stops running steps and leaves nothing behind.
+
+With a ``PullFrom`` source (``build --pull-from``), an image that is not up to date locally is
+first looked for in a registry under its content tag (``REGISTRY/NS/<spec>:<content tag>``, what
+``build --push-cache`` pushes): absent there (a manifest read over the registry API, no engine
+call), it is built; present, it is pulled by manifest digest and accepted only when it carries
+the variant's content digest and a passing smoke-test result (the published image is the stamped
+``-tested`` one); anything else is refused, said in the outcome, and built instead.
 """
 
 from __future__ import annotations
@@ -25,15 +32,18 @@ from hepml_images.build.images import (
     export_manifest,
 )
 from hepml_images.engine import DIGEST_LABEL, EngineError
+from hepml_images.errors import HepmlError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
 
 _TAIL_LINES = 25
+#: The label ``publish.stamp`` adds: what the smoke tests of the published image said.
+SMOKE_RESULT_LABEL = "io.hepml.smoke.result"
 
 
 class State(str, Enum):
@@ -43,6 +53,7 @@ class State(str, Enum):
     BUILDING = "building"
     BUILT = "built"
     UP_TO_DATE = "up to date"
+    PULLED = "pulled"
     FAILED = "failed"
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
@@ -50,7 +61,7 @@ class State(str, Enum):
     @property
     def ok(self) -> bool:
         """Built now or already there."""
-        return self in {State.BUILT, State.UP_TO_DATE}
+        return self in {State.BUILT, State.UP_TO_DATE, State.PULLED}
 
 
 @dataclass
@@ -67,6 +78,8 @@ class Outcome:
     finished: float | None = None
     log_path: Path | None = None
     log_tail: list[str] = field(default_factory=list)
+    #: the registry reference it was pulled from (state ``pulled``)
+    pulled_from: str | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -74,6 +87,38 @@ class Outcome:
         if self.started is None:
             return None
         return (self.finished or time.monotonic()) - self.started
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullFrom:
+    """A registry namespace whose content-tagged images replace local builds (``--pull-from``)."""
+
+    #: ``REGISTRY[/NAMESPACE]``: images are at ``<namespace>/<spec>:<content tag>``
+    namespace: str
+    #: the manifest digest a reference points at, None when absent (the registry API); raises
+    #: ``HepmlError`` when the registry cannot say
+    lookup: Callable[[str], str | None]
+    #: the engine's credentials for a registry host (None: anonymous)
+    auth: Callable[[str], Mapping[str, str] | None] = lambda _registry: None
+
+    def repository(self, variant: ResolvedVariant) -> str:
+        """``<namespace>/<spec>``."""
+        return f"{self.namespace.rstrip('/')}/{variant.spec}"
+
+    def reference(self, variant: ResolvedVariant) -> str:
+        """``<namespace>/<spec>:<content tag>``."""
+        return f"{self.repository(variant)}:{variant.content_ref.rsplit(':', 1)[1]}"
+
+
+def refusal(variant: ResolvedVariant, labels: Mapping[str, str]) -> str | None:
+    """Why a pulled image may not stand in for ``variant`` (None when it may)."""
+    digest = labels.get(DIGEST_LABEL)
+    if digest != variant.digest:
+        return f"its {DIGEST_LABEL} is {digest or 'missing'}, not {variant.digest}"
+    result = labels.get(SMOKE_RESULT_LABEL)
+    if result != "passed":
+        return f"its {SMOKE_RESULT_LABEL} is {result or 'missing'}, not passed"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +134,8 @@ class Options:
     labels: Callable[[ResolvedVariant, str | None], dict[str, str]] | None = None
     #: SOURCE_DATE_EPOCH of a variant (default: ``epoch``)
     epoch_of: Callable[[ResolvedVariant], int] | None = None
+    #: where images are pulled from before they are built (None: always build)
+    pull: PullFrom | None = None
 
 
 def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
@@ -166,9 +213,59 @@ class Builder:
             setattr(outcome, key, value)
         self.report(outcome)
 
+    def _pull(self, engine: Engine, variant: ResolvedVariant, outcome: Outcome) -> str | None:
+        """The ID of the image pulled for ``variant``, or None (then built).
+
+        ``outcome.reason`` says why not when there is something to say: a refused image, a
+        registry that could not answer, a failed pull.
+        """
+        source = self.options.pull
+        if source is None or self.options.no_cache:
+            return None
+        reference = source.reference(variant)
+        self._update(outcome, step=f"looking for {reference}")
+        try:
+            manifest = source.lookup(reference)
+            auth = source.auth(reference.split("/", 1)[0])
+        except HepmlError as exc:
+            self._update(outcome, reason=f"not pulled ({reference}: {exc.message}); built")
+            return None
+        if manifest is None:
+            return None
+        pinned = f"{source.repository(variant)}@{manifest}"
+        self._update(outcome, step=f"pulling {reference}")
+        try:
+            image_id = engine.pull(pinned, auth)
+            found = engine.image(image_id)
+        except EngineError as exc:
+            self._update(outcome, reason=f"the pull of {reference} failed ({exc.message}); built")
+            return None
+        refused = refusal(variant, {} if found is None else found.labels)
+        if refused is not None:
+            with contextlib.suppress(EngineError):
+                engine.remove_image(pinned)
+            self._update(outcome, reason=f"refused {reference}: {refused}; built")
+            return None
+        _tag(engine, image_id, variant, () if found is None else found.tags)
+        return image_id
+
     def _build_one(self, variant: ResolvedVariant) -> None:
         outcome = self.outcomes[variant.key]
         engine = self.engine_factory()
+        started = time.monotonic()
+        pulled = self._pull(engine, variant, outcome)
+        if pulled is not None:
+            assert self.options.pull is not None  # noqa: S101 - a pull needs a source
+            self._update(
+                outcome,
+                state=State.PULLED,
+                image_id=pulled,
+                pulled_from=self.options.pull.reference(variant),
+                started=started,
+                finished=time.monotonic(),
+                step="",
+            )
+            return
         old = engine.image(variant.content_ref)
         old_id = None if old is None else old.id
         activity = Activity(cancel=self.cancel)

@@ -1,7 +1,8 @@
 """The container engine interface: the only layer that talks to Docker.
 
 Everything else speaks to an ``Engine``: inspect, tag, remove, load and save images, build one
-from a Dockerfile context (through a build backend), run a check container, push a tag, read a
+from a Dockerfile context (through a build backend), run a check container, push a tag, pull
+an image, read a
 directory out of an image, and the facts ``doctor`` reports. ``connect()`` gives the Docker
 Engine named by ``DOCKER_HOST`` (``hepml_images.engine.dockerapi``, the Docker SDK over the
 Engine API); a second build backend (BuildKit through ``docker buildx``) is a new class behind
@@ -188,6 +189,9 @@ class Engine(Protocol):
 
     def push(self, repository: str, tag: str, auth: Mapping[str, str] | None) -> str:
         """Push ``REPOSITORY:TAG``; the manifest digest the registry stored."""
+
+    def pull(self, reference: str, auth: Mapping[str, str] | None) -> str:
+        """Pull ``REPOSITORY:TAG`` or ``REPOSITORY@sha256:…``; the ID of the image it gave."""
 
     def gateway(self) -> str | None:
         """The address build containers reach the host at (the default bridge's gateway)."""

@@ -4,7 +4,7 @@
 builder API (``ClassicBackend``); what is specific to that builder (its text stream, the
 intermediate images it leaves when a build fails) stays in that class.
 
-Engine traps handled here: a failed push or load does not raise, the daemon reports the error
+Engine traps handled here: a failed push, pull or load does not raise, the daemon reports the error
 inside a successful streamed answer (every chunk is read and ``error`` looked for); the SDK's
 Unix transport leaks its socket when the connect fails (the socket is tried first); a build needs
 ``forcerm`` or a failed step leaves its container behind.
@@ -363,6 +363,32 @@ class DockerEngine:
         if digest is None:
             raise EngineError(f"the push of {repository}:{tag} reported no digest", transport=True)
         return digest
+
+    def pull(self, reference: str, auth: Mapping[str, str] | None) -> str:
+        """Pull one image; an error inside the pull stream raises (the SDK does not)."""
+        if "@" in reference:
+            repository, tag = reference.split("@", 1)
+        else:
+            repository, tag = reference.rsplit(":", 1)
+        try:
+            for chunk in self.api.pull(
+                repository,
+                tag=tag,
+                stream=True,
+                decode=True,
+                auth_config=dict(auth) if auth else None,
+            ):
+                error = _stream_error(chunk)
+                if error is not None:
+                    raise EngineError(error)
+        except docker.errors.APIError as exc:
+            raise EngineError(str(exc.explanation or exc), status=exc.status_code) from None
+        except OSError as exc:  # the engine's connection itself
+            raise EngineError(str(exc), transport=True) from None
+        found = self.image(reference)
+        if found is None:
+            raise EngineError(f"the pull of {reference} left no image", transport=True)
+        return found.id
 
 
 def _stream_lines(chunks: Iterator[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:

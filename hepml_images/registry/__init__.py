@@ -41,6 +41,9 @@ T = TypeVar("T")
 USER_ENV = "HEPML_REGISTRY_USER"
 PASSWORD_ENV = "HEPML_REGISTRY_PASSWORD"  # noqa: S105 - the variable's name, not a password
 REGISTRY_ENV = "HEPML_REGISTRY"
+#: ``build --pull-from`` / ``--push-cache``: the cache namespace of content-tagged images
+PULL_FROM_ENV = "HEPML_PULL_FROM"
+PUSH_CACHE_ENV = "HEPML_PUSH_CACHE"
 #: Waits between attempts of a transient failure (seconds): five attempts in about 15 s.
 BACKOFF = (1.0, 2.0, 4.0, 8.0)
 DEFAULT_TAG = "latest"

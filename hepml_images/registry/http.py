@@ -452,6 +452,20 @@ def parse_manifest(ref: Reference, data: bytes, content_type: str) -> tuple[Any,
     return manifest, media_type
 
 
+def manifest_digest(
+    reference: str, *, note: Callable[[str], None], sleep: Callable[[float], None]
+) -> str | None:
+    """The digest of the manifest at ``reference``; None when the registry has no such tag.
+
+    One manifest read (no blob): how ``build --pull-from`` learns whether an image is there
+    before it asks the engine to pull it.
+    """
+    ref = parse_reference(reference)
+    with open_client(ref) as client:
+        found = retrying(lambda: client.get_manifest(missing_ok=True), note, sleep)
+    return None if found is None else sha256_digest(found[0])
+
+
 def remote_manifest(
     reference: str,
     *,

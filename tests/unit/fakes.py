@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any
 
-from hepml_images.engine import Activity, BuildRequest, Image, RunResult
+from hepml_images.engine import Activity, BuildRequest, EngineError, Image, RunResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +33,8 @@ class FakeEngine:
     where: str = "fake://engine"
     images: dict[str, Image] = field(default_factory=dict)
     registry: dict[str, str] = field(default_factory=dict)
+    #: images a pull can fetch, by ``repository:tag`` and ``repository@digest``
+    remote: dict[str, Image] = field(default_factory=dict)
     calls: list[tuple[str, ...]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -137,6 +139,24 @@ class FakeEngine:
         manifest = digest_of(f"manifest of {image.id}")
         self.registry[f"{repository}:{tag}"] = manifest
         return manifest
+
+    def offer(self, reference: str, labels: Mapping[str, str]) -> str:
+        """An image ``pull`` can fetch as ``reference`` (and by digest); its manifest digest."""
+        image = Image(id=digest_of(f"pulled {reference}"), labels=dict(labels))
+        manifest = digest_of(f"manifest of {image.id}")
+        repository = reference.rsplit(":", 1)[0]
+        self.remote[reference] = self.remote[f"{repository}@{manifest}"] = image
+        self.registry[reference] = manifest
+        return manifest
+
+    def pull(self, reference: str, auth: Mapping[str, str] | None) -> str:
+        self._record("pull", reference)
+        image = self.remote.get(reference)
+        if image is None:
+            raise EngineError(f"manifest for {reference} not found: manifest unknown", status=404)
+        pulled = replace(image, digests=(reference,))
+        self.images[reference] = self.images[image.id] = pulled
+        return image.id
 
     def gateway(self) -> str | None:
         return None

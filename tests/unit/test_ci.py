@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The pipelines kept in the repository, by provider.
 KEPT = {"gitlab": ROOT / "ci" / "gitlab-ci.yml", "github": ROOT / "ci" / "github-workflow.yml"}
 GITLAB_RESERVED = {"workflow", "stages", "variables", "default"}
+CACHE_OPTIONS = '--pull-from "$HEPML_CACHE" --push-cache "$HEPML_CACHE"'
+GITHUB_CACHE_OPTIONS = '--pull-from "${HEPML_CACHE,,}" --push-cache "${HEPML_CACHE,,}"'
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,20 @@ def _generate(provider: str, tmp_path: Path, *specs: str) -> str:
 
 
 def _gitlab_jobs(text: str) -> dict[str, Any]:
+    """The build jobs (one per variant)."""
     return _jobs_of(yaml.safe_load(text))
 
 
 def _jobs_of(data: dict[str, Any]) -> dict[str, Any]:
-    return {name: job for name, job in data.items() if name not in GITLAB_RESERVED}
+    return {
+        name: job
+        for name, job in data.items()
+        if name not in GITLAB_RESERVED and name != ci.WISHLIST_JOB
+    }
+
+
+def _github_build_jobs(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data["jobs"].items() if k != ci.WISHLIST_JOB}
 
 
 def _github_legs(job: dict[str, Any]) -> list[dict[str, str]]:
@@ -88,7 +99,7 @@ def test_gitlab_one_job_per_variant_needing_exactly_its_parent(
 def test_github_jobs_need_exactly_their_parents_job_and_matrix_siblings(
     variants: tuple[ResolvedVariant, ...], tmp_path: Path
 ) -> None:
-    jobs = yaml.safe_load(_generate("github", tmp_path))["jobs"]
+    jobs = _github_build_jobs(yaml.safe_load(_generate("github", tmp_path)))
     job_of: dict[str, str] = {}
     for job_id, job in jobs.items():
         for leg in _github_legs(job):
@@ -159,22 +170,36 @@ def test_mmdebstrap_only_where_debian_is_bootstrapped(tmp_path: Path) -> None:
 def test_gitlab_publishes_only_on_the_default_branch_or_tags(tmp_path: Path) -> None:
     data = yaml.safe_load(_generate("gitlab", tmp_path))
     assert data["variables"]["HEPML_PUBLISH"] == "false"
-    assert "HEPML_REGISTRY_PASSWORD" not in data["variables"]
+    # the cache is pushed on every branch: the job token's credentials are there on every branch
+    assert data["variables"]["HEPML_CACHE"] == "$CI_REGISTRY_IMAGE/cache"
+    assert data["variables"]["HEPML_REGISTRY_USER"] == "$CI_REGISTRY_USER"
+    assert data["variables"]["HEPML_REGISTRY_PASSWORD"] == "$CI_REGISTRY_PASSWORD"  # noqa: S105
     for name, job in _jobs_of(data).items():
         publish_rule, other = job["rules"]
         assert publish_rule["if"] == "$CI_COMMIT_TAG || $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"
         assert publish_rule["variables"] == {
             "HEPML_PUBLISH": "true",
             "HEPML_REGISTRY": "$CI_REGISTRY_IMAGE",
-            "HEPML_REGISTRY_USER": "$CI_REGISTRY_USER",
-            "HEPML_REGISTRY_PASSWORD": "$CI_REGISTRY_PASSWORD",
         }
         assert other == {"when": "on_success"}
         line = job["script"][-1]
         match = re.fullmatch(r'if \[ "\$HEPML_PUBLISH" = true \]; then (.*); else (.*); fi', line)
         assert match is not None, name
-        assert match.group(1) == match.group(2) + ' --push --registry "$HEPML_REGISTRY"'
-        assert "--push" not in match.group(2)
+        assert match.group(2).endswith(CACHE_OPTIONS), "every branch: parents from the cache"
+        assert match.group(1) == match.group(2) + (
+            ' --push --registry "$HEPML_REGISTRY" --sif --sif-dir sif'
+        ), "publishing adds the push and the SIF (every shipped spec asks for one)"
+        assert "--push " not in match.group(2)
+    wishlist = data[ci.WISHLIST_JOB]
+    assert wishlist["rules"] == [
+        {
+            "if": "$CI_COMMIT_TAG || $CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH",
+            "variables": {"HEPML_REGISTRY": "$CI_REGISTRY_IMAGE"},
+        }
+    ], "only where images are published, and without a when: on_success fallback"
+    assert {n["job"] for n in wishlist["needs"]} == set(_jobs_of(data))
+    assert wishlist["artifacts"] == {"paths": [ci.WISHLIST]}
+    assert wishlist["script"][0].startswith("hepml-images ducc-wishlist ")
 
 
 def test_github_publishes_only_on_the_default_branch_or_tags(tmp_path: Path) -> None:
@@ -184,27 +209,38 @@ def test_github_publishes_only_on_the_default_branch_or_tags(tmp_path: Path) -> 
         "github.ref == format('refs/heads/{0}', github.event.repository.default_branch)"
     )
     tag = "startsWith(github.ref, 'refs/tags/')"
-    for job_id, job in data["jobs"].items():
-        pushing = [s for s in job["steps"] if "--push" in s.get("run", "")]
+    credentials = {
+        "HEPML_REGISTRY_USER": "${{ github.actor }}",
+        "HEPML_REGISTRY_PASSWORD": "${{ secrets.GITHUB_TOKEN }}",
+    }
+    for job_id, job in _github_build_jobs(data).items():
+        assert job["env"] == {
+            "HEPML_CACHE": "ghcr.io/${{ github.repository_owner }}/cache",
+            **credentials,
+        }, "the cache is pushed on every branch"
+        pushing = [s for s in job["steps"] if "--push " in s.get("run", "")]
         assert len(pushing) == 1, job_id
         assert pushing[0]["if"] == f"{default_branch} || {tag}"
-        assert pushing[0]["env"] == {
-            "HEPML_REGISTRY": "ghcr.io/${{ github.repository_owner }}",
-            "HEPML_REGISTRY_USER": "${{ github.actor }}",
-            "HEPML_REGISTRY_PASSWORD": "${{ secrets.GITHUB_TOKEN }}",
-        }
+        assert pushing[0]["env"] == {"HEPML_REGISTRY": "ghcr.io/${{ github.repository_owner }}"}
         plain = next(s for s in job["steps"] if s.get("name") == "build and smoke-test")
         assert plain["if"] == (
             "github.ref != format('refs/heads/{0}', github.event.repository.default_branch)"
             " && !startsWith(github.ref, 'refs/tags/')"
         )
         assert "env" not in plain
-        assert pushing[0]["run"] == plain["run"] + ' --push --registry "${HEPML_REGISTRY,,}"'
+        assert plain["run"].endswith(GITHUB_CACHE_OPTIONS)
+        assert pushing[0]["run"] == plain["run"] + (
+            ' --push --registry "${HEPML_REGISTRY,,}" --sif --sif-dir sif'
+        )
         upload = job["steps"][-1]
         assert upload["uses"] == "actions/upload-artifact@v4"
         assert upload["with"]["path"].startswith("reports/")
         setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-py"))
         assert setup["with"]["cache"] == "pip"
+    wishlist = data["jobs"][ci.WISHLIST_JOB]
+    assert wishlist["if"] == f"{default_branch} || {tag}"
+    assert set(wishlist["needs"]) == set(_github_build_jobs(data))
+    assert wishlist["steps"][-1]["with"]["path"] == ci.WISHLIST
 
 
 _SECRET_KEY = re.compile(r"(PASSWORD|TOKEN|SECRET|REGISTRY_USER)$", re.IGNORECASE)
@@ -301,3 +337,90 @@ def test_kept_pipelines_are_up_to_date(provider: str, tmp_path: Path) -> None:
         pytest.fail(f"{kept.relative_to(ROOT)} is missing: {refresh}")
     if kept.read_bytes() != fresh.read_bytes():
         pytest.fail(f"{kept.relative_to(ROOT)} is stale: {refresh}")
+
+
+# --- runner variants ------------------------------------------------------------------------
+
+
+def test_socket_uses_the_runners_engine_without_services(tmp_path: Path) -> None:
+    data = yaml.safe_load(_generate("gitlab", tmp_path, "--docker", "socket"))
+    assert "services" not in data["default"]
+    assert not any(key.startswith("DOCKER_") for key in data["variables"])
+    dind = yaml.safe_load(_generate("gitlab", tmp_path / "dind"))
+    assert dind["default"]["services"] == [ci.GITLAB_DIND]
+    assert dind["variables"]["DOCKER_HOST"] == "tcp://docker:2376"
+    assert _jobs_of(data) == _jobs_of(dind), "the jobs themselves do not change"
+
+
+def test_dind_is_refused_for_github(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ci", "generate", "--provider", "github", "--docker", "dind"]) == 2
+    assert "GitHub" in capsys.readouterr().err
+
+
+def test_gpu_tag_sends_gpu_variants_to_gpu_runners_with_gpu_require(
+    variants: tuple[ResolvedVariant, ...], tmp_path: Path
+) -> None:
+    from hepml_images.smoke.checks import wants_gpu
+
+    jobs = _gitlab_jobs(_generate("gitlab", tmp_path, "--gpu-tag", "nvidia"))
+    gpu = {ci.gitlab_job_name(v) for v in variants if wants_gpu(v)}
+    assert "build:debian-tensorflow:cuda" in gpu
+    assert "build:debian-tensorflow:cpu" not in gpu
+    for name, job in jobs.items():
+        mode = "require" if name in gpu else "auto"
+        assert job.get("tags") == (["nvidia"] if name in gpu else None), name
+        assert f" --gpu {mode} " in job["script"][-1], name
+    untagged = _gitlab_jobs(_generate("gitlab", tmp_path / "plain"))
+    assert all("tags" not in job for job in untagged.values())
+
+
+def test_gpu_tag_on_github_picks_the_runner_per_matrix_leg(tmp_path: Path) -> None:
+    data = yaml.safe_load(_generate("github", tmp_path, "--gpu-tag", "nvidia"))
+    job = data["jobs"]["debian-tensorflow"]
+    assert job["runs-on"] == "${{ matrix.runner }}"
+    legs = {leg["slug"]: (leg["gpu"], leg["runner"]) for leg in _github_legs(job)}
+    assert legs == {"cpu": ("auto", ci.GITHUB_RUNNER), "cuda": ("require", "nvidia")}
+    assert " --gpu ${{ matrix.gpu }} " in _github_build_run(job, {})
+    assert data["jobs"]["debian-base"]["runs-on"] == ci.GITHUB_RUNNER
+
+
+@pytest.mark.parametrize("tag", ["a b", "${{ secrets.X }}", "x;rm", ""])
+def test_a_gpu_tag_that_is_not_a_word_is_refused(
+    tag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ci", "generate", "--provider", "gitlab", "--gpu-tag", tag]) == 2
+    assert "--gpu-tag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("provider", "schema", "options"),
+    [
+        ("gitlab", "vendor.gitlab-ci", ["--docker", "socket", "--gpu-tag", "nvidia"]),
+        ("github", "vendor.github-workflows", ["--gpu-tag", "nvidia"]),
+    ],
+)
+def test_the_schema_accepts_the_runner_variants(
+    provider: str, schema: str, options: list[str], tmp_path: Path
+) -> None:
+    tool = require_tool("check-jsonschema")
+    _generate(provider, tmp_path, *options)
+    _check([tool, "--builtin-schema", schema, str(tmp_path / provider / "pipeline.yml")])
+
+
+def test_the_header_repeats_the_options(tmp_path: Path) -> None:
+    text = _generate("gitlab", tmp_path, "--docker", "socket", "--gpu-tag", "nvidia")
+    assert text.splitlines()[1] == (
+        "# regenerate with: hepml-images ci generate --provider gitlab --docker socket"
+        " --gpu-tag nvidia -o FILE"
+    )
+
+
+def test_actionlint_accepts_the_gpu_runner_label(tmp_path: Path) -> None:
+    """A GPU runner's label is the project's own: actionlint knows it from its config file."""
+    tool = require_tool("actionlint")
+    _generate("github", tmp_path, "--gpu-tag", "nvidia")
+    config = tmp_path / "actionlint.yaml"
+    config.write_text("self-hosted-runner:\n  labels: [nvidia]\n", encoding="utf-8")
+    _check(
+        [tool, "-no-color", "-config-file", str(config), str(tmp_path / "github" / "pipeline.yml")]
+    )
