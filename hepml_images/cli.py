@@ -526,7 +526,9 @@ def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     passed = True
     if test:
         paths = [m.path for _, m in made]
-        tested = pipeline.smoke_test_sifs(paths, gpu, events, search=found)
+        tested = pipeline.smoke_test_sifs(
+            paths, gpu, events, search=found, variants=[v for v, _ in made]
+        )
         report["tests"] = display.sif_tested_json(tested, paths)
         passed = tested.passed
     if as_json:

@@ -175,9 +175,14 @@ def variant_from_labels(
             if variant.spec == spec and variant.slug == slug and variant.digest == digest:
                 return variant
     raise UsageError(
-        f"{what} was built from {spec}:{slug} with digest {digest}, which the shipped specs no"
-        " longer produce",
-        hint="test it by spec file: hepml-images test path/to/spec.yaml",
+        f"{what} was built from {spec}:{slug} with digest {digest}, which "
+        + (
+            "neither the shipped specs nor --specs produce"
+            if search
+            else "the shipped specs do not produce"
+        ),
+        hint="name the directory of its spec with --specs DIR (or test by spec file:"
+        " hepml-images test path/to/spec.yaml)",
     )
 
 
@@ -523,18 +528,31 @@ def grid_outputs(  # noqa: PLR0913 - keyword-only settings
 
 
 def smoke_test_sifs(
-    paths: Sequence[Path], gpu: GpuMode, events: Events, *, search: Sequence[Path] = ()
+    paths: Sequence[Path],
+    gpu: GpuMode,
+    events: Events,
+    *,
+    search: Sequence[Path] = (),
+    variants: Sequence[ResolvedVariant] | None = None,
 ) -> Tested:
-    """Smoke-test SIF files: Apptainer when installed, else their root filesystem on the engine."""
+    """Smoke-test SIF files: Apptainer when installed, else their root filesystem on the engine.
+
+    ``variants`` (one per path) are the variants the SIFs were just made from (``sif``,
+    ``build --sif``): their checks are used as they are, wherever their spec lives. Without
+    them, each SIF's variant is looked up by its labels in ``search`` and the shipped specs.
+    """
     apptainer = make_sif.find_apptainer()
     engine = None if apptainer else connect()
     host = gpu_host(engine)
     reports = []
-    for path in paths:
+    for index, path in enumerate(paths):
         if not path.is_file():
             raise UsageError(f"no SIF file {path}")
         labels = sif_check.sif_labels(path)
-        found = variant_from_labels(labels, str(path), search=search)
+        if variants is not None:
+            found = variants[index]
+        else:
+            found = variant_from_labels(labels, str(path), search=search)
         how = "apptainer exec --cleanenv" if apptainer else "its root filesystem on the engine"
         events.note(f"testing {path} ({how}) …")
         try:
@@ -717,7 +735,12 @@ def run_build(
             sandboxes=True,
         )
         if request.test:
-            run.sif_tested = smoke_test_sifs([m.path for _, m in run.sifs], request.gpu, events)
+            run.sif_tested = smoke_test_sifs(
+                [m.path for _, m in run.sifs],
+                request.gpu,
+                events,
+                variants=[v for v, _ in run.sifs],
+            )
             ok = run.sif_tested.passed
     problem: HepmlError | None = None
     if request.push and ok:
