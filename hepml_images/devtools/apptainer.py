@@ -15,6 +15,7 @@ second session finds it at once.
   squashfuse mounts the SIF. Host paths named in the arguments (``*.sif``/``*.def`` files, the
   target of ``build``/``pull``) and in ``HEPML_APPTAINER_BIND`` (``:``-separated) are
   bind-mounted at the same path; a target directory must be writable by that user.
+  ``apptainer build`` goes to the root mode below (builds work as root only here).
   ``APPTAINER_*`` variables are passed through (``APPTAINER_DOCKER_USERNAME``…). Host network,
   so a registry on the host's loopback is reachable.
 - ``DIR/apptainer-root`` runs it as root with ``root default capabilities = no`` (set in the
@@ -205,12 +206,14 @@ def binds(args):
 
 def main():
     args = sys.argv[1:]
-    uid = 0 if ROOT else (os.getuid() or 1000)
+    positional = [a for a in args if not a.startswith("-")]
+    root = ROOT or positional[:1] == ["build"]  # builds here work as root only
+    uid = 0 if root else (os.getuid() or 1000)
     argv = ["docker", "run", "--rm", "--network", "host", "--security-opt", "seccomp=unconfined",
             "-e", "HEPML_UID=%d" % uid, "-w", "/"]
     if sys.stdin.isatty():
         argv += ["-it"]
-    if ROOT:
+    if root:
         argv += ["-v", "/var/run/docker.sock:/var/run/docker.sock"]
     elif os.path.exists("/dev/fuse"):
         argv += ["--device", "/dev/fuse"]
