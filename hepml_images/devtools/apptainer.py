@@ -16,8 +16,9 @@ second session finds it at once.
   target of ``build``/``pull``) and in ``HEPML_APPTAINER_BIND`` (``:``-separated) are
   bind-mounted at the same path; a target directory must be writable by that user.
   ``apptainer build`` goes to the root mode below (builds work as root only here).
-  ``APPTAINER_*`` variables are passed through (``APPTAINER_DOCKER_USERNAME``…). Host network,
-  so a registry on the host's loopback is reachable.
+  ``APPTAINER_*`` variables are passed through (``APPTAINER_DOCKER_USERNAME``…), and the
+  variables ``HEPML_APPTAINER_ENV`` names (``,``-separated), as a host environment would be.
+  Host network, so a registry on the host's loopback is reachable.
 - ``DIR/apptainer-root`` runs it as root with ``root default capabilities = no`` (set in the
   image) and the engine's socket: ``apptainer build X.sif docker-daemon:IMAGE`` and definition
   file builds with ``%post`` (Apptainer runs ``%post`` in its own namespaces, as root).
@@ -217,8 +218,9 @@ def main():
         argv += ["-v", "/var/run/docker.sock:/var/run/docker.sock"]
     elif os.path.exists("/dev/fuse"):
         argv += ["--device", "/dev/fuse"]
+    passed = [n for n in os.environ.get("HEPML_APPTAINER_ENV", "").split(",") if n]
     for name in os.environ:
-        if name.startswith(("APPTAINER_", "SINGULARITY_")):
+        if name.startswith(("APPTAINER_", "SINGULARITY_")) or name in passed:
             argv += ["-e", name]
     for path in binds(args):
         argv += ["-v", "%s:%s" % (path, path)]

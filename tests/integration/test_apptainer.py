@@ -268,3 +268,120 @@ def test_the_dockerfile_fails_on_the_same_step(
     log = "".join(str(chunk.get("stream", "")) for chunk in failed.value.build_log)
     assert "LATER-STEP-RAN" not in log
     assert "returned a non-zero code: 1" in str(failed.value)
+
+
+# --- layout parity with Apptainer's own conversion ------------------------------------------
+
+#: Paths only one of the two SIFs has, on purpose (README, "Grid images": parity).
+ONLY_NATIVE = {"/cvmfs"}  # the grid's mount point, so sites without underlay can bind it
+ONLY_APPTAINER = {"/.singularity.d/Singularity", "/.singularity.d/env/94-appsbase.sh"}
+#: What Apptainer adds to every image: its times are the build's (ours: the image's epoch).
+ADDED = ("/.singularity.d", "/singularity", "/.exec", "/.run", "/.shell", "/.test", "/environment")
+#: The empty bind targets both write, and their directory: Apptainer's time is the build's.
+BIND_TARGETS = {"/etc", "/etc/hosts", "/etc/resolv.conf"}
+#: Variables that name the SIF file itself.
+_NAMES = {"APPTAINER_CONTAINER", "APPTAINER_NAME", "SINGULARITY_CONTAINER", "SINGULARITY_NAME"}
+
+
+def squashfs_tree(sif: Path) -> dict[str, tuple[str, ...]]:
+    """path -> (mode, owner, size, time, link target) of the SIF's root filesystem."""
+    from hepml_images.sif import format as sif_format
+
+    partition = sif_format.primary_partition(sif_format.read_sif(sif))
+    done = subprocess.run(
+        [require_tool("unsquashfs"), "-o", str(partition.offset), "-lln", str(sif)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tree: dict[str, tuple[str, ...]] = {}
+    for line in done.stdout.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) < 6 or not fields[5].startswith("squashfs-root"):
+            continue
+        mode, owner, size, day, clock, rest = fields
+        name, _, target = rest.partition(" -> ")
+        size = "" if mode.startswith("d") else size
+        tree[name.removeprefix("squashfs-root")] = (mode, owner, size, f"{day} {clock}", target)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def converted(user_sif: tuple[Path, Path, Path, Any], apptainer: Apptainer) -> Path:
+    """Apptainer's own ``build SIF docker-daemon:`` of the tested image the native SIF is from."""
+    _, _, sif, report = user_sif
+    target = sif.parent / "converted.sif"
+    done = subprocess.run(
+        [
+            str(apptainer.root),
+            "build",
+            str(target),
+            f"docker-daemon:{report['sif'][0]['reference']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return target
+
+
+def test_the_squashfs_tree_is_apptainers_but_for_the_documented_paths(
+    user_sif: tuple[Path, Path, Path, Any], converted: Path
+) -> None:
+    native, theirs = squashfs_tree(user_sif[2]), squashfs_tree(converted)
+    assert set(native) - set(theirs) == ONLY_NATIVE
+    assert set(theirs) - set(native) == ONLY_APPTAINER
+    for path in sorted(set(native) & set(theirs)):
+        mode, owner, size, when, target = native[path]
+        other = theirs[path]
+        assert (mode, owner, target) == (other[0], other[1], other[4]), path
+        if path == "" or path.startswith(ADDED):
+            continue  # Apptainer's own files: our scripts, the image's epoch as their time
+        assert size == other[2], path
+        assert when == other[3] or path in BIND_TARGETS, path
+
+
+def _env(apptainer: Apptainer, sif: Path, *flags: str) -> dict[str, str]:
+    done = apptainer(
+        "exec",
+        *flags,
+        str(sif),
+        "env",
+        env={"HEPML_APPTAINER_ENV": "MY_GRID,HOST_ONLY", "MY_GRID": "host", "HOST_ONLY": "h"},
+    )
+    assert done.code == 0, done.stderr
+    pairs = (line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return {k: v for k, v in pairs if k not in _NAMES}
+
+
+def test_the_environment_and_runscript_behave_as_after_apptainers_conversion(
+    user_sif: tuple[Path, Path, Path, Any], converted: Path, apptainer: Apptainer
+) -> None:
+    native = user_sif[2]
+    for flags in ((), ("--cleanenv",)):
+        ours, theirs = _env(apptainer, native, *flags), _env(apptainer, converted, *flags)
+        assert ours == theirs, flags
+        assert ours["MY_GRID"] == "from-the-spec"  # the image's value wins, as in Apptainer 1.4
+        assert ours["LD_LIBRARY_PATH"] == "/.singularity.d/libs"  # where --nv binds the driver
+        assert ("HOST_ONLY" in ours) == (not flags)
+    words = ("sh", "-c", 'printf "[%s]" "$@"', "x", "a b", "$HOME", '"q"')
+    verbatim = apptainer("run", str(native), *words)
+    assert verbatim.stdout == '[a b][$HOME]["q"]', verbatim  # as `docker run` passes them
+    assert apptainer("run", "--no-eval", str(converted), *words).stdout == verbatim.stdout
+    simple = [apptainer("run", str(s), "echo", "a", "b").stdout for s in (native, converted)]
+    assert simple == ["a b\n", "a b\n"]
+
+
+def test_the_labels_are_apptainers_without_its_build_time_labels(
+    user_sif: tuple[Path, Path, Path, Any], converted: Path, apptainer: Apptainer
+) -> None:
+    def labels(sif: Path) -> dict[str, str]:
+        done = apptainer("inspect", "--json", str(sif))
+        found: dict[str, str] = json.loads(done.stdout)["data"]["attributes"]["labels"]
+        return found
+
+    ours, theirs = labels(user_sif[2]), labels(converted)
+    assert ours == {k: v for k, v in theirs.items() if not k.startswith("org.label-schema.")}
+    assert "org.label-schema.build-date" in theirs  # the build's time: a SIF would not repeat
