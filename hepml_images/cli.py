@@ -442,19 +442,27 @@ def inspect_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="Image reference: local, or REGISTRY/REPO:TAG; or a SIF file (FILE.sif).",
+            help="Image reference: local, or REGISTRY/REPO:TAG; or a SIF file (FILE.sif); or a"
+            " spec file (its built image).",
             show_default=False,
         ),
     ],
     remote: Annotated[
         bool, typer.Option("--remote", help="Read it from its registry even if it is local.")
     ] = False,
+    variant: VariantOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show an image's (or a SIF file's) provenance: labels, digests, smoke-test result."""
     info = None
     if image.endswith(".sif") and Path(image).is_file():
         info = imageinfo.sif_file(Path(image))
+    elif image.endswith((".yaml", ".yml")) and Path(image).is_file() and not remote:
+        engine = connect()
+        pairs = pipeline.targets(engine, [image], variant)
+        if len(pairs) != 1:
+            raise UsageError(f"{image} selects {len(pairs)} images; choose one with -V KEY=VALUE")
+        info = imageinfo.local(engine, pairs[0][0].content_ref)
     elif not remote:
         info = imageinfo.local(connect(), image)
     if info is None:

@@ -158,6 +158,15 @@ def test_a_users_own_spec_gets_a_sif_tested_through_apptainer(
     lost = cli(state, apptainer, "test", str(sif))
     assert lost.code == 2
     assert "--specs DIR" in lost.stderr
+    # inspect and sandbox take the spec by path too
+    inspected = run(state, "inspect", str(base / "my-grid.yaml"), "--json")
+    assert inspected.code == 0, inspected.stderr[-2000:]
+    assert inspected.json()["labels"]["io.hepml.spec"] == "my-grid"
+    assert inspected.json()["smoke_test"]["passed"] is True
+    sandbox = base / "sandbox"
+    made = run(state, "sandbox", str(base / "my-grid.yaml"), "-o", str(sandbox))
+    assert made.code == 0, made.stderr[-2000:]
+    assert (sandbox / ".singularity.d" / "labels.json").is_file()
 
 
 def test_apptainer_inspect_run_and_exec_behave_as_a_user_expects(
