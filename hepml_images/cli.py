@@ -99,6 +99,13 @@ class SifBuilder(str, Enum):
     apptainer = "apptainer"
 
 
+class SifCompression(str, Enum):
+    """The SIF's squashfs compressor."""
+
+    gzip = "gzip"
+    zstd = "zstd"
+
+
 class CiProvider(str, Enum):
     """Which CI system `ci generate` writes for."""
 
@@ -508,6 +515,14 @@ def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             help="auto: Apptainer when installed, else native (mksquashfs + our SIF writer).",
         ),
     ] = SifBuilder.auto,
+    compression: Annotated[
+        SifCompression,
+        typer.Option(
+            "--compression",
+            help="The squashfs compressor: gzip runs on every Apptainer and SingularityCE; zstd"
+            " makes smaller SIFs that need Apptainer >= 1.4 to run (native builder).",
+        ),
+    ] = SifCompression.gzip,
     allow_untested: AllowUntestedOpt = False,
     test: Annotated[
         bool, typer.Option("--test/--no-test", help="Smoke-test the SIF file's content.")
@@ -529,6 +544,7 @@ def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             output=output,
             builder=builder.value,
             allow_untested=allow_untested,
+            compression=compression.value,
         )
     report: dict[str, Any] = {"sif": [make_sif.summary(m) for _, m in made]}
     passed = True

@@ -422,9 +422,14 @@ def make_sifs(  # noqa: PLR0913 - keyword-only settings
     allow_untested: bool,
     reuse: bool = False,
     environ: Mapping[str, str] = os.environ,
+    compression: make_sif.Compression = "gzip",
 ) -> list[tuple[ResolvedVariant, Made]]:
     """Make the SIF file of each tested image (``output``: a file for one, else a directory)."""
     apptainer = apptainer_for(builder)
+    if compression != "gzip":
+        if builder == "apptainer":
+            raise UsageError(f"--compression {compression} is for the native builder only")
+        apptainer = None
     single = output is not None and output.suffix == ".sif"
     if single and len(pairs) > 1:
         raise UsageError(f"-o {output} names one file, but {len(pairs)} images are selected")
@@ -448,6 +453,7 @@ def make_sifs(  # noqa: PLR0913 - keyword-only settings
                 epoch=grid.epoch_for(labels, environ),
                 progress=progress,
                 apptainer=apptainer,
+                compression=compression,
             )
         steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
         events.note(

@@ -227,6 +227,20 @@ def test_apptainer_pull_oras_gives_the_published_sif_byte_for_byte(
     assert refused.code != 0
 
 
+def test_a_zstd_sif_runs_on_apptainer_1_4(
+    user_sif: tuple[Path, Path, Path, Any], apptainer: Apptainer
+) -> None:
+    base, state, sif, _ = user_sif
+    target = sif.parent / "zstd.sif"
+    args = ("sif", str(base / "my-grid.yaml"), "--compression", "zstd", "-o", str(target))
+    made = cli(state, apptainer, *args, "--builder", "native", "--json")
+    assert made.code == 0, made.stderr[-3000:]
+    [tested] = made.json()["tests"]
+    assert tested["passed"], tested
+    assert tested["runner"].startswith("apptainer exec --cleanenv")
+    assert target.stat().st_size < sif.stat().st_size
+
+
 def _failing_definition(directory: Path) -> tuple[Path, str]:
     """debian-hdf5's rendered files with a step whose list fails in the middle, then a marker."""
     variants = resolve_directory(shipped_dir()).variants
