@@ -4,19 +4,24 @@
   with gzip, write the SIF); a complete, reproducible SIF with its own smoke tests skipped;
 - ``docker export | tar2sqfs -c gzip`` (squashfs-tools-ng): a bare squashfs of a container's
   files, Docker's init layer included, no /.singularity.d, no SIF around it;
-- plain mksquashfs of the extracted tree: ``docker export | tar -x`` then ``mksquashfs``.
+- plain mksquashfs of the extracted tree: ``docker export | tar -x`` then ``mksquashfs``;
+- Apptainer's own ``apptainer build SIF docker-daemon:IMAGE`` (real Apptainer 1.4 from
+  ``hepml_images.devtools.apptainer``, its image made once and cached; ``--apptainer`` only,
+  because making that image needs mmdebstrap and a minute).
 
 Each is run once, one after the other, on the same image; times are wall-clock seconds and sizes
 are the output files. Ratios are ours / theirs (time and size). Both alternatives use gzip, the
 compressor Apptainer uses by default, so sizes compare like with like.
 
-Usage: python -m bench.sif_create   (builds and tests the default environment first if needed)
+Usage: python -m bench.sif_create [--apptainer]   (builds and tests the default environment first
+if needed)
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +29,8 @@ from pathlib import Path
 import docker
 
 from bench.common import env, hepml, timed
+from hepml_images.devtools import apptainer as dev
+from hepml_images.engine import connect
 from hepml_images.pipeline import DEFAULT_SELECTION, DEFAULT_SPECS, resolve_specs
 
 
@@ -73,6 +80,17 @@ def main() -> None:
             ("docker export | tar2sqfs -c gzip", tar2, tar2sqfs_file.stat().st_size),
             ("docker export | tar -x; mksquashfs", unpack + squash, plain_file.stat().st_size),
         ]
+        shutil.rmtree(tree)
+        if "--apptainer" in sys.argv[1:]:
+            engine = connect()
+            try:
+                _, root = dev.install(engine, work / "bin")
+            finally:
+                engine.close()
+            theirs = work / "apptainer.sif"
+            source = f"docker-daemon:{variant.content_ref}"
+            seconds = timed([str(root), "build", str(theirs), source])
+            rows.append((f"{dev.version(root)} build", seconds, theirs.stat().st_size))
     finally:
         container.remove(force=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -104,6 +104,13 @@ class SifBuilder(str, Enum):
     apptainer = "apptainer"
 
 
+class SifCompression(str, Enum):
+    """The SIF's squashfs compressor."""
+
+    gzip = "gzip"
+    zstd = "zstd"
+
+
 class CiProvider(str, Enum):
     """Which CI system `ci generate` writes for."""
 
@@ -476,19 +483,27 @@ def inspect_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="Image reference: local, or REGISTRY/REPO:TAG; or a SIF file (FILE.sif).",
+            help="Image reference: local, or REGISTRY/REPO:TAG; or a SIF file (FILE.sif); or a"
+            " spec file (its built image).",
             show_default=False,
         ),
     ],
     remote: Annotated[
         bool, typer.Option("--remote", help="Read it from its registry even if it is local.")
     ] = False,
+    variant: VariantOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show an image's (or a SIF file's) provenance: labels, digests, smoke-test result."""
     info = None
     if image.endswith(".sif") and Path(image).is_file():
         info = imageinfo.sif_file(Path(image))
+    elif image.endswith((".yaml", ".yml")) and Path(image).is_file() and not remote:
+        engine = connect()
+        pairs = pipeline.targets(engine, [image], variant)
+        if len(pairs) != 1:
+            raise UsageError(f"{image} selects {len(pairs)} images; choose one with -V KEY=VALUE")
+        info = imageinfo.local(engine, pairs[0][0].content_ref)
     elif not remote:
         info = imageinfo.local(connect(), image)
     if info is None:
@@ -534,6 +549,14 @@ def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             help="auto: Apptainer when installed, else native (mksquashfs + our SIF writer).",
         ),
     ] = SifBuilder.auto,
+    compression: Annotated[
+        SifCompression,
+        typer.Option(
+            "--compression",
+            help="The squashfs compressor: gzip runs on every Apptainer and SingularityCE; zstd"
+            " makes smaller SIFs that need Apptainer >= 1.4 to run (native builder).",
+        ),
+    ] = SifCompression.gzip,
     allow_untested: AllowUntestedOpt = False,
     test: Annotated[
         bool, typer.Option("--test/--no-test", help="Smoke-test the SIF file's content.")
@@ -555,12 +578,15 @@ def sif_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             output=output,
             builder=builder.value,
             allow_untested=allow_untested,
+            compression=compression.value,
         )
     report: dict[str, Any] = {"sif": [make_sif.summary(m) for _, m in made]}
     passed = True
     if test:
         paths = [m.path for _, m in made]
-        tested = pipeline.smoke_test_sifs(paths, gpu, events, search=found)
+        tested = pipeline.smoke_test_sifs(
+            paths, gpu, events, search=found, variants=[v for v, _ in made]
+        )
         report["tests"] = display.sif_tested_json(tested, paths)
         passed = tested.passed
     if as_json:

@@ -176,9 +176,14 @@ def variant_from_labels(
             if variant.spec == spec and variant.slug == slug and variant.digest == digest:
                 return variant
     raise UsageError(
-        f"{what} was built from {spec}:{slug} with digest {digest}, which the shipped specs no"
-        " longer produce",
-        hint="test it by spec file: hepml-images test path/to/spec.yaml",
+        f"{what} was built from {spec}:{slug} with digest {digest}, which "
+        + (
+            "neither the shipped specs nor --specs produce"
+            if search
+            else "the shipped specs do not produce"
+        ),
+        hint="name the directory of its spec with --specs DIR (or test by spec file:"
+        " hepml-images test path/to/spec.yaml)",
     )
 
 
@@ -458,9 +463,14 @@ def make_sifs(  # noqa: PLR0913 - keyword-only settings
     allow_untested: bool,
     reuse: bool = False,
     environ: Mapping[str, str] = os.environ,
+    compression: make_sif.Compression = "gzip",
 ) -> list[tuple[ResolvedVariant, Made]]:
     """Make the SIF file of each tested image (``output``: a file for one, else a directory)."""
     apptainer = apptainer_for(builder)
+    if compression != "gzip":
+        if builder == "apptainer":
+            raise UsageError(f"--compression {compression} is for the native builder only")
+        apptainer = None
     single = output is not None and output.suffix == ".sif"
     if single and len(pairs) > 1:
         raise UsageError(f"-o {output} names one file, but {len(pairs)} images are selected")
@@ -484,6 +494,7 @@ def make_sifs(  # noqa: PLR0913 - keyword-only settings
                 epoch=grid.epoch_for(labels, environ),
                 progress=progress,
                 apptainer=apptainer,
+                compression=compression,
             )
         steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
         events.note(
@@ -564,18 +575,31 @@ def grid_outputs(  # noqa: PLR0913 - keyword-only settings
 
 
 def smoke_test_sifs(
-    paths: Sequence[Path], gpu: GpuMode, events: Events, *, search: Sequence[Path] = ()
+    paths: Sequence[Path],
+    gpu: GpuMode,
+    events: Events,
+    *,
+    search: Sequence[Path] = (),
+    variants: Sequence[ResolvedVariant] | None = None,
 ) -> Tested:
-    """Smoke-test SIF files: Apptainer when installed, else their root filesystem on the engine."""
+    """Smoke-test SIF files: Apptainer when installed, else their root filesystem on the engine.
+
+    ``variants`` (one per path) are the variants the SIFs were just made from (``sif``,
+    ``build --sif``): their checks are used as they are, wherever their spec lives. Without
+    them, each SIF's variant is looked up by its labels in ``search`` and the shipped specs.
+    """
     apptainer = make_sif.find_apptainer()
     engine = None if apptainer else connect()
     host = gpu_host(engine)
     reports = []
-    for path in paths:
+    for index, path in enumerate(paths):
         if not path.is_file():
             raise UsageError(f"no SIF file {path}")
         labels = sif_check.sif_labels(path)
-        found = variant_from_labels(labels, str(path), search=search)
+        if variants is not None:
+            found = variants[index]
+        else:
+            found = variant_from_labels(labels, str(path), search=search)
         how = "apptainer exec --cleanenv" if apptainer else "its root filesystem on the engine"
         events.note(f"testing {path} ({how}) …")
         try:
@@ -773,11 +797,11 @@ def run_build(
             sandboxes=True,
         )
         if request.test:
-            # a SIF names its variant by labels: look it up among the specs of this build too
-            # (user spec files), not only the shipped ones
-            search = tuple(sorted({Path(v.source).parent for v in resolution.variants}))
             run.sif_tested = smoke_test_sifs(
-                [m.path for _, m in run.sifs], request.gpu, events, search=search
+                [m.path for _, m in run.sifs],
+                request.gpu,
+                events,
+                variants=[v for v, _ in run.sifs],
             )
             ok = run.sif_tested.passed
     problem: HepmlError | None = None

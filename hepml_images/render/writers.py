@@ -6,6 +6,8 @@ Where Docker and Apptainer differ, this module decides, once:
   ``%environment`` holds the parent's environment and this image's, for runtime.
 - Every Docker ``RUN`` starts in the working directory (``/`` unless ``WORKDIR``): each ``%post``
   step starts with ``cd`` to the same place.
+- A failing command fails its ``RUN``, and fails ``%post``: each ``%post`` step ends in
+  ``|| exit $?`` (``set -e`` alone does not stop ``sh`` inside an ``a && b`` list).
 - ``ENTRYPOINT``/``CMD`` become a ``%runscript`` that uses CMD only when no arguments are given.
 - ``COPY`` becomes ``%files`` (Apptainer copies files before ``%post``; modes are set again).
 - ``USER`` applies to Docker only: Apptainer runs as the calling user.
@@ -78,6 +80,13 @@ def environment() -> jinja2.Environment:
     env.filters["json"] = lambda v: json.dumps(list(v) if isinstance(v, tuple) else v)
     env.filters["sh"] = shlex.quote
     return env
+
+
+#: Ends every ``%post`` step. ``set -e`` does not stop ``sh`` at a failing command of an
+#: ``a && b && c`` list (POSIX ignores ``-e`` for all but the last command of an AND-OR list),
+#: so a failing step would not stop the build; Docker fails the ``RUN`` of the same list, with
+#: the failing command's status, and so does this.
+_FAIL_STEP = " \\\n    || exit $?"
 
 
 def _shell(step: ir.Run) -> str:
@@ -159,7 +168,10 @@ def _post_sections(plan: ir.ImagePlan) -> list[dict[str, Any]]:
     for step in plan.steps:
         if isinstance(step, ir.Run):
             sections.append(
-                {"title": step.title, "lines": [f"cd {shlex.quote(workdir)}", _shell(step)]}
+                {
+                    "title": step.title,
+                    "lines": [f"cd {shlex.quote(workdir)}", _shell(step) + _FAIL_STEP],
+                }
             )
         elif isinstance(step, ir.SetEnv):
             sections.append({"title": "ENV", "lines": [f'export {k}="{v}"' for k, v in step.items]})

@@ -123,6 +123,20 @@ def _through_exec(check: Check) -> Check:
     return replace(check, argv=(EXEC_ACTION, *check.argv))
 
 
+ENGINE_RUNNER = "the engine (its root filesystem, /.singularity.d/actions/exec)"
+
+
+def apptainer_version(command: str) -> str:
+    """``apptainer --version`` (``apptainer version 1.4.5``), or the command when it fails."""
+    try:
+        done = subprocess.run(  # noqa: S603 - the Apptainer found on PATH
+            [command, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return command
+    return done.stdout.strip() or command
+
+
 def apptainer_runner(command: str, path: Path) -> Callable[[Check], CheckResult]:
     """Run each check with ``apptainer exec --cleanenv [--nv]`` on the SIF file."""
 
@@ -171,7 +185,7 @@ def check_sif(  # noqa: PLR0913 - keyword-only settings
     artifact = f"{path.name} (SIF)"
     if apptainer is not None:
         run = apptainer_runner(apptainer, path)
-        return check_image(
+        report = check_image(
             engine,
             variant,
             f"sif:{path}",
@@ -180,6 +194,7 @@ def check_sif(  # noqa: PLR0913 - keyword-only settings
             run=run,
             artifact=artifact,
         )
+        return replace(report, runner=f"apptainer exec --cleanenv ({apptainer_version(apptainer)})")
     if engine is None:
         raise SifCheckFailed("testing a SIF without Apptainer needs the Docker Engine")
     on = engine
@@ -190,9 +205,10 @@ def check_sif(  # noqa: PLR0913 - keyword-only settings
             result = run_check(on, image_id, _through_exec(check))
             return replace(result, check=check)
 
-        return check_image(
+        report = check_image(
             on, variant, image_id, gpu=gpu, host=host, run=in_rootfs, artifact=artifact
         )
+        return replace(report, runner=ENGINE_RUNNER)
     finally:
         with contextlib.suppress(EngineError):
             on.remove_image(image_id, force=True)
@@ -206,6 +222,7 @@ def report_json(report: ImageReport, path: Path) -> dict[str, Any]:
         "variant": report.variant.slug,
         "passed": report.passed,
         "gpu": report.gpu_note,
+        "runner": report.runner,
         "checks": [
             {"name": r.check.name, "status": r.status.value, "message": r.message}
             for r in report.results

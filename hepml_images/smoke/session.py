@@ -51,6 +51,8 @@ class ImageReport:
     gpu_note: str = ""
     #: what was tested when not the image itself (a SIF file)
     artifact: str = ""
+    #: how a SIF's checks ran: ``apptainer exec --cleanenv`` (with its version) or the engine
+    runner: str = ""
 
     @property
     def name(self) -> str:

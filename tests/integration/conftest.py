@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import in_ci
+from tests.conftest import in_ci, require_tool
+from tests.integration.helpers import DEFAULT_SIF, run
 from tests.integration.registry import registry
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     import docker
 
@@ -43,3 +45,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.skip(message)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def default_sif(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
+    """``build --sif`` of the default environment: (state dir, SIF file, the JSON report).
+
+    Made once per session: test_sif checks it on the engine, test_apptainer with Apptainer.
+    """
+    require_tool("mksquashfs")
+    require_tool("sqfs2tar")
+    base = tmp_path_factory.mktemp("default-sif")
+    state, out = base / "state", base / "out"
+    built = run(state, "build", "--sif", "--sif-dir", str(out), "--json")
+    assert built.code == 0, built.stderr[-4000:]
+    return state, out / DEFAULT_SIF, built.json()

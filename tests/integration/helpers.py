@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import docker
 
+    from tests.integration.registry import Registry
+
 #: The host's CA bundle: on the CI machine PyPI is only reachable from containers with it.
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -41,6 +43,30 @@ def cli_env(state: Path) -> dict[str, str]:
     if HOST_CA.exists():
         env["HEPML_CA_BUNDLE"] = str(HOST_CA)
     return env
+
+
+#: The default environment's SIF, as ``build --sif`` names it.
+DEFAULT_SIF = "debian-tensorflow-cpu.sif"
+
+
+def run(state: Path, *args: str, registry: Registry | None = None, epoch: str | None = None) -> Run:
+    """The CLI; SOURCE_DATE_EPOCH only where asked (builds with it would rebuild every image)."""
+    env = cli_env(state)
+    env.pop("SOURCE_DATE_EPOCH", None)
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = epoch
+    if registry is not None:
+        env["HEPML_REGISTRY_USER"] = registry.username
+        env["HEPML_REGISTRY_PASSWORD"] = registry.password
+    done = subprocess.run(
+        [sys.executable, "-m", "hepml_images", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
 
 
 def cli(state: Path, *args: str, timeout: int = 1800) -> Run:

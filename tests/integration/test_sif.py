@@ -22,7 +22,7 @@ from hepml_images import oras
 from hepml_images.sif import format as sif_format
 from hepml_images.sif import layout
 from tests.conftest import require_tool
-from tests.integration.helpers import Run, cli_env
+from tests.integration.helpers import DEFAULT_SIF, cli_env, run
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,29 +34,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 EPOCH = "1700000000"
-DEFAULT_SIF = "debian-tensorflow-cpu.sif"
 #: What Docker's init layer puts into a container's export (not the image's files).
 _INIT_LAYER = {".dockerenv", "etc/hosts", "etc/hostname", "etc/resolv.conf", "etc/mtab"}
-
-
-def run(state: Path, *args: str, registry: Registry | None = None, epoch: str | None = None) -> Run:
-    """The CLI; SOURCE_DATE_EPOCH only where asked (builds with it would rebuild every image)."""
-    env = cli_env(state)
-    env.pop("SOURCE_DATE_EPOCH", None)
-    if epoch is not None:
-        env["SOURCE_DATE_EPOCH"] = epoch
-    if registry is not None:
-        env["HEPML_REGISTRY_USER"] = registry.username
-        env["HEPML_REGISTRY_PASSWORD"] = registry.password
-    done = subprocess.run(
-        [sys.executable, "-m", "hepml_images", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
 
 
 def sha256(path: Path) -> str:
@@ -69,18 +48,6 @@ def siftool(*args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-@pytest.fixture(scope="module")
-def default_sif(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any]:
-    """``build --sif`` of the default environment: (state dir, SIF file, the JSON report)."""
-    require_tool("mksquashfs")
-    require_tool("sqfs2tar")
-    base = tmp_path_factory.mktemp("default-sif")
-    state, out = base / "state", base / "out"
-    built = run(state, "build", "--sif", "--sif-dir", str(out), "--json")
-    assert built.code == 0, built.stderr[-4000:]
-    return state, out / DEFAULT_SIF, built.json()
 
 
 def test_build_sif_makes_a_sif_that_siftool_accepts(default_sif: tuple[Path, Path, Any]) -> None:
