@@ -109,6 +109,24 @@ def _stream_error(chunk: Mapping[str, object]) -> str | None:
     return None if error is None else str(error)
 
 
+def _registry_stream(start: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """The chunks of a push or pull stream; a failure inside it or of the request raises.
+
+    The daemon reports a registry's refusal inside a successful streamed answer, not as an HTTP
+    error: every chunk is read and its ``error`` turned into an ``EngineError``.
+    """
+    try:
+        for chunk in start():
+            error = _stream_error(chunk)
+            if error is not None:
+                raise EngineError(error)
+            yield chunk
+    except docker.errors.APIError as exc:
+        raise EngineError(str(exc.explanation or exc), status=exc.status_code) from None
+    except OSError as exc:  # the engine's connection itself
+        raise EngineError(str(exc), transport=True) from None
+
+
 def _api_error(exc: docker.errors.APIError, what: str) -> EngineError:
     return EngineError(f"{what}: {exc.explanation or exc}", status=exc.status_code)
 
@@ -342,24 +360,18 @@ class DockerEngine:
     def push(self, repository: str, tag: str, auth: Mapping[str, str] | None) -> str:
         """Push one tag; an error inside the push stream raises (the SDK does not)."""
         digest = None
-        try:
-            for chunk in self.api.push(
+        for chunk in _registry_stream(
+            lambda: self.api.push(
                 repository,
                 tag=tag,
                 stream=True,
                 decode=True,
                 auth_config=dict(auth) if auth else None,
-            ):
-                error = _stream_error(chunk)
-                if error is not None:
-                    raise EngineError(error)
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = str(aux["Digest"])
-        except docker.errors.APIError as exc:
-            raise EngineError(str(exc.explanation or exc), status=exc.status_code) from None
-        except OSError as exc:  # the engine's connection itself
-            raise EngineError(str(exc), transport=True) from None
+            )
+        ):
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = str(aux["Digest"])
         if digest is None:
             raise EngineError(f"the push of {repository}:{tag} reported no digest", transport=True)
         return digest
@@ -370,21 +382,16 @@ class DockerEngine:
             repository, tag = reference.split("@", 1)
         else:
             repository, tag = reference.rsplit(":", 1)
-        try:
-            for chunk in self.api.pull(
+        for _ in _registry_stream(
+            lambda: self.api.pull(
                 repository,
                 tag=tag,
                 stream=True,
                 decode=True,
                 auth_config=dict(auth) if auth else None,
-            ):
-                error = _stream_error(chunk)
-                if error is not None:
-                    raise EngineError(error)
-        except docker.errors.APIError as exc:
-            raise EngineError(str(exc.explanation or exc), status=exc.status_code) from None
-        except OSError as exc:  # the engine's connection itself
-            raise EngineError(str(exc), transport=True) from None
+            )
+        ):
+            pass
         found = self.image(reference)
         if found is None:
             raise EngineError(f"the pull of {reference} left no image", transport=True)
