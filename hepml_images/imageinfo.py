@@ -120,10 +120,9 @@ def remote(reference: str, note: Callable[[str], None] | None = None) -> ImageIn
 
 def remote_digest(reference: str) -> str | None:
     """The manifest digest a reference points at in its registry (None: no such tag)."""
-    from hepml_images.registry.http import remote_manifest  # noqa: PLC0415 - requests is heavy
+    from hepml_images.registry.http import manifest_digest  # noqa: PLC0415 - requests is heavy
 
     try:
-        found = remote_manifest(reference, note=lambda _m: None, sleep=time.sleep)
+        return manifest_digest(reference, note=lambda _m: None, sleep=time.sleep)
     except RegistryError as exc:
         raise InspectFailed(f"cannot read {reference}: {exc.message}", hint=exc.hint) from None
-    return None if found is None else found.digest

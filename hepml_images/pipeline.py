@@ -864,16 +864,10 @@ def ci_spec_refs(resolution: Resolution, cwd: Path) -> dict[str, str]:
     return refs
 
 
-def interrupted_guard(
-    message: str, hint: str | None = None
-) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def interrupted_guard(message: str, hint: str | None = None) -> Iterator[None]:
     """Turn Ctrl-C / SIGTERM inside the block into ``Interrupted`` with this message."""
-
-    @contextlib.contextmanager
-    def guard() -> Iterator[None]:
-        try:
-            yield
-        except KeyboardInterrupt:
-            raise Interrupted(message, hint=hint) from None
-
-    return guard()
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(message, hint=hint) from None
