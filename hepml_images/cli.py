@@ -27,6 +27,7 @@ from hepml_images import __version__, display, grid, imageinfo, outputs, pipelin
 from hepml_images.build.ca import CA_ENV
 from hepml_images.doctor import CHECK_NAMES, evaluate, gather, required_checks
 from hepml_images.engine import connect
+from hepml_images.engine.buildkit import BUILDER_ENV
 from hepml_images.errors import HepmlError, TestsFailed, UsageError
 from hepml_images.registry import PULL_FROM_ENV, PUSH_CACHE_ENV, REGISTRY_ENV
 from hepml_images.sif import make as make_sif
@@ -102,6 +103,14 @@ class SifBuilder(str, Enum):
     auto = "auto"
     native = "native"
     apptainer = "apptainer"
+
+
+class ImageBuilder(str, Enum):
+    """What builds the Dockerfiles."""
+
+    auto = "auto"
+    buildkit = "buildkit"
+    classic = "classic"
 
 
 class SifCompression(str, Enum):
@@ -332,6 +341,16 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Rebuild even what is up to date.")
     ] = False,
+    builder: Annotated[
+        ImageBuilder,
+        typer.Option(
+            "--builder",
+            envvar=BUILDER_ENV,
+            help="What builds the Dockerfiles: BuildKit (docker buildx, the engine's docker"
+            " driver), the Engine API's classic builder (deprecated; not reproducible), or auto:"
+            " BuildKit where buildx >= 0.13 and Docker Engine >= 23 are there.",
+        ),
+    ] = ImageBuilder.auto,
     no_test: Annotated[
         bool, typer.Option("--no-test", help="Do not smoke-test the built images.")
     ] = False,
@@ -387,6 +406,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             ca_bundle=ca_bundle,
             log_dir=log_dir or (logs_dir() / time.strftime("%Y%m%d-%H%M%S")),
             pull_from=pull_from or None,
+            builder=builder.value,
         ),
         test=not no_test,
         gpu=gpu,

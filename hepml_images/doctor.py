@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hepml_images import engine
+from hepml_images.engine import buildkit
+from hepml_images.engine.buildkit import BUILDER_ENV
 from hepml_images.errors import UsageError
 from hepml_images.registry import PASSWORD_ENV, USER_ENV, docker_config_path
 
@@ -672,17 +674,18 @@ def probe_engine(timeout: int = PROBE_TIMEOUT_S) -> EngineProbe:
         flavour=engine.flavour(version),
         store=engine.image_store(info),
         gpu_request=engine.gpu_request(info, engine.cdi_specs(info.get("CDISpecDirs") or [])),
-        builder=_builder(),
+        builder=_builder(version, engine.flavour(version)),
     )
 
 
-def _builder() -> str:
-    """The backend ``build`` uses; whether ``docker buildx`` is there for a BuildKit one."""
-    docker = shutil.which("docker")
-    buildx = _run([docker, "buildx", "version"]) if docker else _Failed("no docker CLI")
-    version = re.search(r"\bv?(\d+\.\d+(?:\.\d+)?)", buildx) if isinstance(buildx, str) else None
-    found = f"docker buildx {version.group(1)} found" if version else "no docker buildx"
-    return f"classic (the Engine API's builder; {found})"
+def _builder(version: Mapping[str, Any], flavour: str) -> str:
+    """The backend ``build`` uses here (with ``HEPML_BUILDER``, default auto), and why."""
+    requested = os.environ.get(BUILDER_ENV) or "auto"
+    try:
+        chosen = buildkit.choose(requested, version, flavour)
+    except UsageError as exc:
+        return f"none: {exc.message}"
+    return f"{chosen.label}: {chosen.reason}"
 
 
 def probe_nvidia_toolkit(cdi_dirs: Sequence[str] = CDI_DIRS) -> NvidiaToolkitProbe:

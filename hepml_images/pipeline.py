@@ -30,7 +30,7 @@ from hepml_images import grid, outputs, provenance
 from hepml_images import publish as publishing
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.build.graph import Builder, Options, Outcome, PullFrom, State, up_to_date
-from hepml_images.engine import DIGEST_LABEL, connect
+from hepml_images.engine import DIGEST_LABEL, buildkit, connect, flavour
 from hepml_images.errors import (
     BuildFailed,
     HepmlError,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from hepml_images.engine import Engine
+    from hepml_images.engine.buildkit import Backend
     from hepml_images.sif.make import Made
     from hepml_images.smoke.runner import GpuHost
     from hepml_images.smoke.session import ImageReport
@@ -200,6 +201,8 @@ class BuildSettings:
     log_dir: Path
     #: ``REGISTRY[/NS]`` to pull images from by content tag before building them
     pull_from: str | None = None
+    #: ``auto``, ``buildkit`` or ``classic`` (``engine.buildkit.choose``)
+    builder: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,6 +223,12 @@ def epoch(environ: Mapping[str, str]) -> int:
     """The build's SOURCE_DATE_EPOCH (the default when it is not set)."""
     found = source_date_epoch(environ)
     return DEFAULT_EPOCH if found is None else found
+
+
+def choose_backend(engine: Engine, requested: str, environ: Mapping[str, str]) -> Backend:
+    """The build backend for ``--builder REQUESTED`` on this engine (see ``engine.buildkit``)."""
+    version = engine.version()
+    return buildkit.choose(requested, version, flavour(version), env=environ)
 
 
 def pull_source(namespace: str, note: Callable[[str], None]) -> PullFrom:
@@ -255,6 +264,13 @@ def build(
     default_epoch = epoch(environ)
     bundle = read_bundle(settings.ca_bundle) if settings.ca_bundle is not None else None
     control = engine_factory()
+    backend = choose_backend(control, settings.builder, environ)
+    events.note(f"build backend: {backend.label} ({backend.reason})")
+    if backend.name == "classic":
+        events.note(
+            "the classic builder is deprecated and cannot rewrite layer timestamps: its images"
+            " are not bit-for-bit reproducible (BuildKit: --builder buildkit)"
+        )
     origins: dict[str, provenance.Origin] = {}
 
     def origin_of(variant: ResolvedVariant) -> provenance.Origin:
@@ -282,6 +298,7 @@ def build(
             pull=None
             if settings.pull_from is None
             else pull_source(settings.pull_from, events.note),
+            backend=backend,
         )
         builder = Builder(engine_factory, resolution.selected, options, report=events.outcome)
         interrupted = False

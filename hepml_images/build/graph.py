@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from hepml_images.engine import Engine
+    from hepml_images.engine.buildkit import Backend
     from hepml_images.resolve import ResolvedVariant
 
 _TAIL_LINES = 25
@@ -136,6 +137,8 @@ class Options:
     epoch_of: Callable[[ResolvedVariant], int] | None = None
     #: where images are pulled from before they are built (None: always build)
     pull: PullFrom | None = None
+    #: the backend that builds Dockerfiles (None: the classic builder)
+    backend: Backend | None = None
 
 
 def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
@@ -324,8 +327,9 @@ class Builder:
             "ca_url": options.ca_url,
             "labels": labels,
         }
-        if isinstance(variant.plan.base, ir.FromBootstrap):
-            extra["epoch"] = options.epoch_of(variant) if options.epoch_of else options.epoch
+        extra["epoch"] = options.epoch_of(variant) if options.epoch_of else options.epoch
+        if not isinstance(variant.plan.base, ir.FromBootstrap):
+            extra["backend"] = options.backend
         return extra
 
     def _finish(self, outcome: Outcome, state: State, reason: str, hint: str | None = None) -> None:

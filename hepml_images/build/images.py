@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from hepml_images.engine import Engine
+    from hepml_images.engine.buildkit import Backend
     from hepml_images.resolve import ResolvedVariant
 
 __all__ = ["Activity", "BuildError", "Cancelled"]
@@ -210,15 +211,25 @@ def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
     no_cache: bool,
     ca_url: str | None,
     labels: Mapping[str, str] | None = None,
+    epoch: int | None = None,
+    backend: Backend | None = None,
 ) -> str:
-    """Build the rendered Dockerfile with the engine's build backend; the image ID."""
+    """Build the rendered Dockerfile with the given backend (default: classic); the image ID.
+
+    BuildKit also gets ``SOURCE_DATE_EPOCH`` (the image's ``created`` and history times); the
+    classic builder ignores it, so it is not passed there.
+    """
     plan = plan or variant.plan
+    build_args = {CA_ARG: ca_url} if ca_url else {}
+    if backend is not None and backend.name == "buildkit" and epoch is not None:
+        build_args["SOURCE_DATE_EPOCH"] = str(epoch)
     request = BuildRequest(
         context=context_archive(plan, ca_bundle=ca_url is not None).getvalue(),
         tag=variant.content_ref,
         no_cache=no_cache,
-        build_args={CA_ARG: ca_url} if ca_url else {},
+        build_args=build_args,
         labels=dict(labels or {}),
+        backend=backend,
     )
     return engine.build(request, log=log, progress=progress, activity=activity)
 

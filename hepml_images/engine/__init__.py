@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
+    from hepml_images.engine.buildkit import Backend
+
 #: Where CDI specs live when the engine does not say (the CDI specification's defaults).
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 #: The CDI kind NVIDIA's toolkit writes (``nvidia-ctk cdi generate``).
@@ -76,6 +78,10 @@ class Image:
     size: int = 0
     architecture: str | None = None
     created: str | None = None
+    #: the digest of its configuration: the same image has the same one in every store (the
+    #: ``id`` is the engine's own handle: the config digest on graph-driver stores, the
+    #: manifest digest on the containerd store); empty when the engine did not say
+    config_digest: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +102,8 @@ class BuildRequest:
     no_cache: bool = False
     build_args: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: the backend that builds it (``engine.buildkit.choose``); None: the classic builder
+    backend: Backend | None = None
 
 
 @dataclass

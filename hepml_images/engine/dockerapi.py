@@ -30,6 +30,7 @@ from hepml_images.engine import (
     EngineError,
     Image,
     RunResult,
+    buildkit,
     cdi_specs,
     gpu_request,
 )
@@ -127,6 +128,16 @@ def _registry_stream(start: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[
         raise EngineError(str(exc), transport=True) from None
 
 
+def _config_digest(attrs: Mapping[str, Any]) -> str:
+    """The config digest: the ID on graph-driver stores, an annotation on the containerd one."""
+    descriptor = attrs.get("Descriptor")
+    if isinstance(descriptor, dict):
+        found = (descriptor.get("annotations") or {}).get("config.digest")
+        if isinstance(found, str) and found.startswith("sha256:"):
+            return found
+    return str(attrs["Id"])
+
+
 def _api_error(exc: docker.errors.APIError, what: str) -> EngineError:
     return EngineError(f"{what}: {exc.explanation or exc}", status=exc.status_code)
 
@@ -214,6 +225,7 @@ class DockerEngine:
             config=dict(config),
             layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
             size=int(attrs.get("Size") or 0),
+            config_digest=_config_digest(attrs),
             architecture=attrs.get("Architecture"),
             created=attrs.get("Created"),
         )
@@ -269,8 +281,22 @@ class DockerEngine:
         progress: Callable[[str], None],
         activity: Activity,
     ) -> str:
-        """Build with this engine's backend (the classic builder)."""
-        return self.backend.build(request, log=log, progress=progress, activity=activity)
+        """Build with the request's backend: BuildKit (``docker buildx``) or the classic API."""
+        if request.backend is None or request.backend.name != "buildkit":
+            return self.backend.build(request, log=log, progress=progress, activity=activity)
+        metadata = buildkit.run_build(
+            request, request.backend, log=log, progress=progress, activity=activity
+        )
+        built = self.image(request.tag)
+        config = str(metadata["containerimage.config.digest"])
+        if built is None:
+            raise BuildError(f"docker buildx build left no image {request.tag} in the engine")
+        if config not in {built.id, built.config_digest}:
+            raise BuildError(
+                f"{request.tag} is {built.id} in the engine, not the image buildx built"
+                f" (config {config}): another build moved the tag meanwhile"
+            )
+        return built.id
 
     def relabel(self, image_id: str, labels: Mapping[str, str], reference: str) -> str:
         """``FROM image`` with labels: a new configuration over the same layers, tagged."""
