@@ -23,6 +23,15 @@ DOCKERD_LOG=/var/log/hepml-dockerd.log
 APT_LOG=/var/log/hepml-setup-apt.log
 WAIT_S=60
 DEFAULT_SOCKET=/var/run/docker.sock
+# The engine the project is built and tested on: Docker Engine 28 with BuildKit (buildx). On
+# Debian, whose own docker.io is older (bookworm: 20.10, trixie: 26.1), docker.io and
+# docker-buildx come from Debian unstable: a sources entry with a low pin priority (nothing else
+# is taken from there), and Acquire::Check-Valid-Until=false because the mirror's unstable
+# Release file may be past its Valid-Until date. They keep the release's containerd and runc.
+DOCKER_MIN=28
+BUILDX_MIN=0.13
+SID_SOURCES=/etc/apt/sources.list.d/hepml-sid.sources
+SID_PIN=/etc/apt/preferences.d/hepml-sid
 
 say() { printf 'setup-host: %s\n' "$*"; }
 warn() { printf 'setup-host: warning: %s\n' "$*" >&2; }
@@ -143,6 +152,95 @@ install_gitlab_ci_local() {
   fi
 }
 
+# The version of dockerd on PATH ("28.5.2"), empty when there is none.
+dockerd_version() {
+  local dockerd
+  dockerd=$(command -v dockerd 2>/dev/null || true)
+  [ -n "$dockerd" ] || { [ -x /usr/sbin/dockerd ] && dockerd=/usr/sbin/dockerd; } || return 0
+  "$dockerd" --version 2>/dev/null | sed -n 's/^Docker version \([0-9][0-9.]*\).*/\1/p' || true
+}
+
+# The version of the engine that answers ("20.10.24"), empty when none answers.
+running_version() {
+  command -v docker >/dev/null 2>&1 || return 0
+  timeout 20 docker version --format '{{.Server.Version}}' 2>/dev/null | sed 's/[^0-9.].*//' || true
+}
+
+# The version of docker buildx ("0.29.1"), empty when there is none.
+buildx_version() {
+  command -v docker >/dev/null 2>&1 || return 0
+  timeout 20 docker buildx version 2>/dev/null |
+    sed -n 's/^github.com\/docker\/buildx v\{0,1\}\([0-9][0-9.]*\).*/\1/p' || true
+}
+
+at_least() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
+
+is_debian() { [ "$(. /etc/os-release 2>/dev/null && printf '%s' "${ID:-}")" = debian ]; }
+
+# The engine (and buildx) from Debian unstable, on Debian, where the engine here is older than
+# DOCKER_MIN; never over Docker's own packages (docker-ce) or a newer engine from elsewhere.
+install_current_docker() {
+  is_debian || return 0
+  local have buildx
+  have=$(dockerd_version)
+  buildx=$(buildx_version)
+  if at_least "$have" "$DOCKER_MIN" && at_least "$buildx" "$BUILDX_MIN"; then
+    return 0
+  fi
+  if installed docker-ce || installed moby-engine; then
+    at_least "$have" "$DOCKER_MIN" || warn "Docker Engine $have from Docker's packages is older than $DOCKER_MIN: upgrade it (apt-get install docker-ce docker-buildx-plugin); builds use the classic builder until then"
+    return 0
+  fi
+  if [ -n "$have" ] && ! installed docker.io; then
+    warn "dockerd $have is not Debian's docker.io: not replaced (builds use the classic builder while it is older than $DOCKER_MIN or lacks buildx)"
+    return 0
+  fi
+  if [ ! -e "$SID_SOURCES" ]; then
+    say "adding Debian unstable to apt's sources at pin priority 100, for docker.io and docker-buildx only ($SID_SOURCES, $SID_PIN)"
+    printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: sid' 'Components: main' \
+      'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' >"$SID_SOURCES"
+  fi
+  if [ ! -e "$SID_PIN" ]; then
+    printf '%s\n' 'Package: *' 'Pin: release n=sid' 'Pin-Priority: 100' >"$SID_PIN"
+  fi
+  say "apt-get update (Debian unstable, for Docker Engine >= $DOCKER_MIN and buildx)"
+  if ! apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$APT_LOG" 2>&1; then
+    tail -n 20 "$APT_LOG" >&2
+    warn "apt-get update failed (log: $APT_LOG)"
+    return 0
+  fi
+  say "installing docker.io and docker-buildx from Debian unstable"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -o Acquire::Check-Valid-Until=false docker.io/sid docker-buildx/sid >>"$APT_LOG" 2>&1; then
+    tail -n 20 "$APT_LOG" >&2
+    warn "installing docker.io/sid docker-buildx/sid failed (log: $APT_LOG)"
+    return 0
+  fi
+  restart_old_engine
+}
+
+# An engine still running the old binary after the upgrade is stopped (start_engine starts the
+# new one). Its containers stop with it; its images stay.
+restart_old_engine() {
+  local running pid
+  running=$(running_version)
+  [ -n "$running" ] || return 0
+  at_least "$running" "$(dockerd_version)" && return 0
+  say "stopping the running Docker Engine $running to start $(dockerd_version)"
+  if [ "$(cat /proc/1/comm 2>/dev/null || true)" = systemd ]; then
+    systemctl restart docker || true
+    return 0
+  fi
+  pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || return 0
+  local waited=0
+  while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$WAIT_S" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
 # Wait for the engine; give up early when the dockerd we started ($1, optional) has exited.
 wait_for_engine() {
   local waited=0 pid="${1:-}"
@@ -230,7 +328,16 @@ check() {
   if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
     say "missing: CA certificates (fix: $(fix ca-certificates))"
   fi
-  if ! engine_answers; then
+  if engine_answers; then
+    local running buildx
+    running=$(running_version)
+    buildx=$(buildx_version)
+    if [ -n "$running" ] && ! at_least "$running" "$DOCKER_MIN"; then
+      say "old: Docker Engine $running (builds use the deprecated classic builder; fix: Docker Engine >= $DOCKER_MIN, which this script installs as root on Debian)"
+    elif ! at_least "$buildx" "$BUILDX_MIN"; then
+      say "missing: docker buildx >= $BUILDX_MIN${buildx:+ (found $buildx)} (builds use the classic builder; fix: $(fix docker-buildx))"
+    fi
+  else
     status=1
     local socket
     if ! socket=$(engine_socket); then
@@ -251,6 +358,7 @@ check() {
 main() {
   if is_root && has_apt; then
     install_packages
+    install_current_docker
   fi
   if is_root; then
     install_gitlab_ci_local

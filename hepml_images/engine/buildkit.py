@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -297,6 +298,30 @@ def _feed_stdin(process: subprocess.Popen[bytes], data: bytes) -> None:
         process.stdin.close()
 
 
+def _follow(
+    process: subprocess.Popen[bytes], context: bytes, reader: Progress, activity: Activity
+) -> int:
+    """Feed the context, read the progress until buildx ends; its exit status."""
+    with activity.lock:
+        activity.process = process
+    feeder = threading.Thread(target=_feed_stdin, args=(process, context), daemon=True)
+    feeder.start()
+    assert process.stderr is not None  # noqa: S101 - opened with stderr=PIPE
+    try:
+        for raw in process.stderr:
+            reader.feed(raw.decode(errors="replace"))
+        return process.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+        raise
+    finally:
+        feeder.join(timeout=10)
+        with activity.lock:
+            activity.process = None
+
+
 def run_build(  # noqa: PLR0913 - keyword-only build settings
     request: BuildRequest,
     backend: Backend,
@@ -313,32 +338,15 @@ def run_build(  # noqa: PLR0913 - keyword-only build settings
         argv = build_argv(request, backend, metadata)
         log.write("$ " + " ".join(argv[:-1]) + " - < context.tar\n")
         reader = Progress(log, progress)
-        process = subprocess.Popen(  # noqa: S603 - argv built from validated values, no shell
+        with subprocess.Popen(  # noqa: S603 - argv built from validated values, no shell
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env={**env, "BUILDX_NO_DEFAULT_ATTESTATIONS": "1"},
             start_new_session=True,
-        )
-        with activity.lock:
-            activity.process = process
-        feeder = threading.Thread(target=_feed_stdin, args=(process, request.context), daemon=True)
-        feeder.start()
-        assert process.stderr is not None  # noqa: S101
-        try:
-            for raw in process.stderr:
-                reader.feed(raw.decode(errors="replace"))
-            code = process.wait()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 15)
-            process.wait()
-            raise
-        finally:
-            feeder.join(timeout=10)
-            with activity.lock:
-                activity.process = None
+        ) as process:
+            code = _follow(process, request.context, reader, activity)
         if activity.cancel.is_set():
             raise Cancelled("cancelled")
         if code != 0:
