@@ -85,7 +85,8 @@ missing_packages() {
   command -v npm >/dev/null 2>&1 || printf '%s\n' npm
   for pkg in "${PACKAGES[@]}"; do
     installed "$pkg" && continue
-    if [ "$pkg" = docker.io ] && { engine_answers || have_dockerd; }; then
+    # on Debian the engine comes from install_current_docker
+    if [ "$pkg" = docker.io ] && { engine_answers || have_dockerd || is_debian; }; then
       continue
     fi
     printf '%s\n' "$pkg"
@@ -207,16 +208,26 @@ install_current_docker() {
   if ! apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$APT_LOG" 2>&1; then
     tail -n 20 "$APT_LOG" >&2
     warn "apt-get update failed (log: $APT_LOG)"
+    release_docker
     return 0
   fi
-  say "installing docker.io and docker-buildx from Debian unstable"
+  say "installing docker.io, docker-cli and docker-buildx from Debian unstable"
   if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -o Acquire::Check-Valid-Until=false docker.io/sid docker-buildx/sid >>"$APT_LOG" 2>&1; then
+    -o Acquire::Check-Valid-Until=false docker.io/sid docker-cli/sid docker-buildx/sid >>"$APT_LOG" 2>&1; then
     tail -n 20 "$APT_LOG" >&2
-    warn "installing docker.io/sid docker-buildx/sid failed (log: $APT_LOG)"
+    warn "installing docker.io/sid docker-cli/sid docker-buildx/sid failed (log: $APT_LOG)"
+    release_docker
     return 0
   fi
   restart_old_engine
+}
+
+# Without any engine: the release's own docker.io (classic builder only) rather than none.
+release_docker() {
+  have_dockerd && return 0
+  say "installing the release's docker.io instead (the classic builder only)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io \
+    >>"$APT_LOG" 2>&1 || warn "apt-get install docker.io failed (log: $APT_LOG)"
 }
 
 # An engine still running the old binary after the upgrade is stopped (start_engine starts the
