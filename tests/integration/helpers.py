@@ -92,3 +92,15 @@ def leftovers(client: docker.DockerClient) -> tuple[set[str], set[str]]:
 def by_key(builds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Build results of ``build --json`` keyed by ``spec:variant``."""
     return {f"{b['spec']}:{b['variant']}": b for b in builds}
+
+
+def buildkit_here() -> bool:
+    """Whether ``build --builder auto`` uses BuildKit on this machine (buildx and the engine)."""
+    from hepml_images.engine import buildkit, connect, flavour
+
+    engine = connect()
+    try:
+        version = engine.version()
+        return buildkit.choose("auto", version, flavour(version)).name == "buildkit"
+    finally:
+        engine.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any
@@ -46,7 +48,18 @@ def test_doctor_sees_the_real_engine(
     info = docker_client.info()
     snapshotter = ["driver-type", "io.containerd.snapshotter.v1"] in info.get("DriverStatus", [])
     assert engine["data"]["store"] == ("containerd" if snapshotter else info["Driver"])
-    assert engine["data"]["builder"].startswith("classic")
+    buildx = subprocess.run(
+        [docker_cli, "buildx", "version"], capture_output=True, text=True, check=False, timeout=60
+    )
+    # CI's set-up installs buildx on a Docker Engine 28: there build must use BuildKit
+    if buildx.returncode == 0 or os.environ.get("CI") == "true":
+        found = re.search(r"(\d+\.\d+(?:\.\d+)?)", buildx.stdout.split()[1])
+        assert found is not None, buildx.stdout
+        version = found[1]
+        assert engine["data"]["builder"].startswith(f"BuildKit (docker buildx {version}")
+        assert int(server_version.split(".")[0]) >= 28
+    else:
+        assert engine["data"]["builder"].startswith("classic")
     runtimes = sorted(info["Runtimes"])
     assert checks["nvidia-runtime"]["data"]["engine_runtimes"] == runtimes
     assert (checks["nvidia-runtime"]["status"] == "ok") == (
