@@ -20,10 +20,19 @@ def env() -> dict[str, str]:
     return out
 
 
-def timed(argv: list[str], *, cwd: Path | None = None) -> float:
+def timed(
+    argv: list[str], *, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+) -> float:
     """Wall time of a command that must succeed (its output is discarded)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])

@@ -1,10 +1,11 @@
 """The ``hepml-images`` command line: parse, call the pipeline, print, exit.
 
 The only module that prints (through ``display``), reads the clock for log directories, sets
-signal handlers or exits. Every decision (what is built, tested, converted, pushed, refused)
-is made in ``pipeline`` and the stage modules; a command here turns options into a call and the
-result into output and an exit code: 0 success, 1 a failure or refusal, 2 bad input, 130
-interrupted.
+signal handlers or exits, with ``noop``: the console entry point asks it first, and it answers a
+``build`` with nothing to do before this module (typer, rich, the SDK) is even imported. Every
+decision (what is built, tested, converted, pushed, refused) is made in ``pipeline`` and the
+stage modules; a command here turns options into a call and the result into output and an exit
+code: 0 success, 1 a failure or refusal, 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -416,6 +417,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         registry=registry,
         force=force,
         push_cache=push_cache or None,
+        remember=True,
     )
     _stoppable()
     run = pipeline.run_build(request, events)

@@ -26,10 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from hepml_images import grid, outputs, provenance
+from hepml_images import grid, noop, outputs, provenance
 from hepml_images import publish as publishing
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
-from hepml_images.build.graph import Builder, Options, Outcome, PullFrom, State, up_to_date
+from hepml_images.build.graph import (
+    Builder,
+    Options,
+    Outcome,
+    PullFrom,
+    State,
+    closure,
+    up_to_date,
+)
 from hepml_images.engine import DIGEST_LABEL, buildkit, connect, flavour
 from hepml_images.errors import (
     BuildFailed,
@@ -118,10 +126,17 @@ def selection(
 
 
 def resolve_specs(
-    arguments: Sequence[str], selection: Sequence[str] = (), *, search: Sequence[Path] = ()
+    arguments: Sequence[str],
+    selection: Sequence[str] = (),
+    *,
+    search: Sequence[Path] = (),
+    trace: spec_load.Trace | None = None,
 ) -> Resolution:
-    """Load the named specs (and their parents), resolve them and select variants."""
-    specset = spec_load.load(arguments, search=search)
+    """Load the named specs (and their parents), resolve them and select variants.
+
+    ``trace`` collects what the answer depended on (``spec.load.Trace``).
+    """
+    specset = spec_load.load(arguments, search=search, trace=trace)
     variants = resolve(specset)
     selected = select(variants, specset.requested, selection)
     return Resolution(specset.requested, variants, selected)
@@ -265,12 +280,15 @@ def build(
     bundle = read_bundle(settings.ca_bundle) if settings.ca_bundle is not None else None
     control = engine_factory()
     backend = choose_backend(control, settings.builder, environ)
-    events.note(f"build backend: {backend.label} ({backend.reason})")
-    if backend.name == "classic":
-        events.note(
-            "the classic builder is deprecated and cannot rewrite layer timestamps: its images"
-            " are not bit-for-bit reproducible (BuildKit: --builder buildkit)"
-        )
+
+    def first_build() -> None:
+        events.note(f"build backend: {backend.label} ({backend.reason})")
+        if backend.name == "classic":
+            events.note(
+                "the classic builder is deprecated and cannot rewrite layer timestamps: its"
+                " images are not bit-for-bit reproducible (BuildKit: --builder buildkit)"
+            )
+
     origins: dict[str, provenance.Origin] = {}
 
     def origin_of(variant: ResolvedVariant) -> provenance.Origin:
@@ -299,6 +317,7 @@ def build(
             if settings.pull_from is None
             else pull_source(settings.pull_from, events.note),
             backend=backend,
+            first_build=first_build,
         )
         builder = Builder(engine_factory, resolution.selected, options, report=events.outcome)
         interrupted = False
@@ -748,6 +767,8 @@ class BuildRequest:
     force: bool = False
     #: ``REGISTRY[/NS]``: push every image built here under its content tag (any branch)
     push_cache: str | None = None
+    #: record the resolution for the no-op path (``noop.remember``): the command line's builds
+    remember: bool = False
 
 
 @dataclass(kw_only=True)
@@ -786,7 +807,10 @@ def run_build(
       time).
     """
     names, chosen = selection(request.specs, request.variant)
-    resolution = resolve_specs(names, chosen)
+    trace = spec_load.Trace()
+    resolution = resolve_specs(names, chosen, trace=trace)
+    if request.remember:
+        remember(request, resolution, trace)
     engine = engine_factory()
     built = build(
         resolution, request.settings, events, engine_factory=engine_factory, environ=environ
@@ -847,6 +871,28 @@ def run_build(
             )
     run.error = _build_error(run, request) or problem or cache_problem
     return run
+
+
+def remember(request: BuildRequest, resolution: Resolution, trace: spec_load.Trace) -> None:
+    """Record what ``build`` resolved, and from what, for the next no-op (``noop``)."""
+    noop.remember(
+        request.specs,
+        request.variant,
+        files=trace.files,
+        dirs=trace.dirs,
+        absent=trace.absent,
+        images=[
+            {
+                "key": v.key,
+                "spec": v.spec,
+                "slug": v.slug,
+                "ref": v.content_ref,
+                "tag": v.image,
+                "digest": v.digest,
+            }
+            for v in closure(resolution.selected)  # the order ``Builder`` reports them in
+        ],
+    )
 
 
 def _build_error(run: BuildRun, request: BuildRequest) -> HepmlError | None:

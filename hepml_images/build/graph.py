@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +139,8 @@ class Options:
     pull: PullFrom | None = None
     #: the backend that builds Dockerfiles (None: the classic builder)
     backend: Backend | None = None
+    #: called once, before the first Dockerfile build starts (not for what is up to date)
+    first_build: Callable[[], None] | None = None
 
 
 def closure(selected: Sequence[ResolvedVariant]) -> list[ResolvedVariant]:
@@ -403,5 +405,10 @@ class Builder:
                 _tag(self._control, found[0], variant, found[1])
                 self._update(outcome, state=State.UP_TO_DATE, image_id=found[0])
                 continue
+            if self.options.first_build is not None and not isinstance(
+                variant.plan.base, ir.FromBootstrap
+            ):
+                self.options.first_build()
+                self.options = replace(self.options, first_build=None)
             self._update(outcome, state=State.BUILDING, step="starting")
             running[pool.submit(self._build_one, variant)] = variant.key

@@ -8,8 +8,9 @@ Every problem found is collected and raised together as one ``SpecError``.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,40 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
         near.sort()
     close = difflib.get_close_matches(word, near, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else None
+
+
+@dataclass
+class Trace:
+    """What a ``load`` depended on, for the no-op cache (``hepml_images.noop``).
+
+    Paths are absolute (as the loader opened them, not resolved). ``files``: every file read, its
+    resolved path and the SHA-256 of the bytes read; ``dirs``: directories whose resolved path
+    was checked against (attachments must stay inside their spec's); ``absent``: paths whose
+    appearance would change the answer, with what must stay true of them (``file``: not a regular
+    file, ``path``: not there at all). The same files with the same bytes, the same resolved
+    paths and the same absences: the same ``SpecSet``.
+    """
+
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    dirs: dict[str, str] = field(default_factory=dict)
+    absent: dict[str, str] = field(default_factory=dict)
+
+    def read(self, path: Path, data: bytes) -> None:
+        """``path`` was read and held ``data``."""
+        self.files[str(path.absolute())] = (str(path.resolve()), hashlib.sha256(data).hexdigest())
+
+    def not_there(self, path: Path, what: str = "file") -> None:
+        """``path`` was looked for and was not there (``what``: see the class docstring)."""
+        self.absent.setdefault(str(path.absolute()), what)
+
+    def looked_up(self, name: str, searched: Sequence[Path], found: Path | None) -> None:
+        """Spec ``name`` was looked for in ``searched`` directories, in order, and found there."""
+        for directory in searched:
+            for suffix in SUFFIXES:
+                candidate = directory / f"{name}{suffix}"
+                if found is not None and candidate == found:
+                    return  # the files after the one found cannot replace it
+                self.not_there(candidate)
 
 
 @dataclass(frozen=True)
@@ -257,7 +292,7 @@ def _rebase(
     return error
 
 
-def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
+def read_spec(path: Path, *, shipped: bool = False, trace: Trace | None = None) -> SpecFile:
     """Read, parse and schema-check one spec file, and read the files it refers to."""
     filename = str(path)
     if path.is_dir():
@@ -276,6 +311,8 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
         raw = files.read_regular(path, limit=yamlload.MAX_BYTES, what="the file")
     except files.FileProblem as exc:
         raise SpecError([Problem(filename, None, "", exc.message, exc.hint)]) from None
+    if trace is not None:
+        trace.read(path, raw)
     try:
         document = yamlload.parse(raw, filename)
     except yamlload.YamlProblem as exc:
@@ -309,7 +346,7 @@ def read_spec(path: Path, *, shipped: bool = False) -> SpecFile:
         shipped=shipped,
     )
     if not problems:
-        problems.extend(_read_attachments(spec))
+        problems.extend(_read_attachments(spec, trace))
     if problems:
         raise SpecError(problems)
     return spec
@@ -325,7 +362,7 @@ def _attachment_paths(data: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def _read_attachments(spec: SpecFile) -> list[Problem]:
+def _read_attachments(spec: SpecFile, trace: Trace | None = None) -> list[Problem]:
     problems: list[Problem] = []
     filename = str(spec.path)
     for key, rel in _attachment_paths(spec.data):
@@ -351,6 +388,10 @@ def _read_attachments(spec: SpecFile) -> list[Problem]:
             spec.attachments[rel] = files.read_inside(spec.path.parent, rel, limit=limit)
         except files.FileProblem as exc:
             problems.append(Problem(filename, line, key, exc.message, exc.hint))
+        else:
+            if trace is not None:
+                trace.read(spec.path.parent / rel, spec.attachments[rel])
+                trace.dirs[str(spec.path.parent.absolute())] = str(spec.path.parent.resolve())
     return problems
 
 
@@ -368,7 +409,11 @@ def _looks_like_path(arg: str) -> bool:
 
 
 def load(
-    arguments: Sequence[str], *, search: Sequence[Path] = (), contain: Path | None = None
+    arguments: Sequence[str],
+    *,
+    search: Sequence[Path] = (),
+    contain: Path | None = None,
+    trace: Trace | None = None,
 ) -> SpecSet:
     """Load the named specs and every spec they extend.
 
@@ -376,6 +421,7 @@ def load(
     the shipped specs). A parent named by ``extends`` is looked up beside its child first. A spec
     found by name, and with ``contain`` every path argument too, must resolve inside the
     directory it was found in (a symbolic link out of it is a problem, and is not read).
+    ``trace`` collects what the answer depended on (see ``Trace``).
     """
     problems: list[Problem] = []
     specs: dict[str, SpecFile] = {}
@@ -413,7 +459,7 @@ def load(
             )
             return None
         try:
-            spec = read_spec(path, shipped=resolved.parent == shipped)
+            spec = read_spec(path, shipped=resolved.parent == shipped, trace=trace)
         except SpecError as exc:
             problems.extend(exc.problems)
             return None
@@ -439,6 +485,12 @@ def load(
             spec = add(Path(arg), found_in=contain)
         else:
             hits = [d for d in directories if arg in index(d)]
+            if trace is not None:
+                trace.not_there(Path(arg), "path")  # else it would be a path argument
+                if hits:
+                    trace.looked_up(
+                        arg, directories[: directories.index(hits[0]) + 1], index(hits[0])[arg]
+                    )
             if not hits:
                 names = sorted({n for d in directories for n in index(d)})
                 problems.append(
@@ -464,6 +516,8 @@ def load(
             continue
         candidates = [spec.path.parent, *directories]
         hit = next((d for d in candidates if parent in index(d)), None)
+        if trace is not None and hit is not None:
+            trace.looked_up(parent, candidates[: candidates.index(hit) + 1], index(hit)[parent])
         if hit is None:
             siblings = sorted({n for d in candidates for n in index(d)})
             problems.append(
