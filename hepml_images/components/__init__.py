@@ -5,6 +5,10 @@ its base. Output: the ``Planned`` steps in cache-aware order (what changes rarel
 packages, CUDA, the release environment, Python, TensorFlow, pip requirements, then files,
 environment and labels), the build-context files, and the ``Handover`` of this image to its
 children.
+
+Every ``Run`` step starts with ``STEP_ENV`` (see there) and every step that runs a package
+manager ends with ``packages.leftovers``: a step leaves only what depends on its inputs
+(docs/reproducibility.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,22 @@ if TYPE_CHECKING:
 
 ENTRYPOINT_SCRIPT = "/opt/hepml/entrypoint.sh"
 REQUIREMENTS_DIR = "/.hepml/requirements"
+
+
+#: ``SOURCE_DATE_EPOCH`` in the environment of every ``Run`` step. Python then writes
+#: hash-checked bytecode (pip, ensurepip, py_compile, Debian's py3compile: ``.pyc`` files that
+#: carry the source's hash, not its mtime, so they are the same on every build and stay valid
+#: when the builder clamps file times), and other tools that embed a date (wheel's zip times,
+#: gcc's ``__DATE__``) embed this one. A constant, not the build's epoch: the layers depend on
+#: the step's inputs only, not on the commit time, and the layer cache survives a new commit.
+#: 1980-01-01, the earliest time a zip file (a wheel built from source) can hold.
+STEP_EPOCH = 315532800
+STEP_ENV = f"export SOURCE_DATE_EPOCH={STEP_EPOCH}"
+
+
+def step_commands(commands: tuple[str, ...]) -> tuple[str, ...]:
+    """A Run step's commands, with ``STEP_ENV`` first (nothing for no commands)."""
+    return (STEP_ENV, *commands) if commands else ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +98,12 @@ class _Builder:
     ) -> None:
         if commands:
             self.steps.append(
-                ir.Run(title=title, commands=commands, wrapper=wrapper, network=network)
+                ir.Run(
+                    title=title,
+                    commands=step_commands(commands),
+                    wrapper=wrapper,
+                    network=network,
+                )
             )
 
     def set_env(self, *items: tuple[str, str], merge: bool = True) -> None:
@@ -329,6 +354,10 @@ def manifest(
         commands.append(f"{freeze} > {MANIFEST_DIR}/pip-freeze.txt")
     steps: tuple[ir.Step, ...] = (
         ir.Copy(src=context.name, dest=f"{MANIFEST_DIR}/spec.json"),
-        ir.Run(title="provenance: package lists", commands=tuple(commands), wrapper=wrapper),
+        ir.Run(
+            title="provenance: package lists",
+            commands=step_commands(tuple(commands)),
+            wrapper=wrapper,
+        ),
     )
     return steps, (context,)

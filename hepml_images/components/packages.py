@@ -2,7 +2,10 @@
 
 Each function returns shell commands (tuples of strings joined with ``&&`` by the writers) in
 which every package name has passed ``spec.values.package`` and is quoted once more with
-``shlex.quote``. Caches are removed in the same command, so no layer keeps them.
+``shlex.quote``. Caches are removed in the same command, so no layer keeps them; so are the
+files a package manager writes that record when it ran rather than what it installed (its logs,
+ldconfig's cache of file times, backups of its databases): see ``leftovers`` and
+docs/reproducibility.md.
 """
 
 from __future__ import annotations
@@ -25,26 +28,79 @@ def _words(packages: Iterable[str]) -> str:
     return " ".join(shlex.quote(p) for p in sorted(set(packages)))
 
 
+#: What apt, dpkg and their triggers leave that depends on when they ran, not on what they
+#: installed: logs with wall-clock times (dpkg, update-alternatives, apt's history, terminal and
+#: planner logs), ldconfig's aux-cache (file times and inode numbers), dpkg's and debconf's
+#: ``*-old`` backups (the database as it was before this step), apt's lists and its package
+#: cache. Measured by building the same step twice (docs/reproducibility.md).
+_LEFTOVERS_APT = (
+    "/var/lib/apt/lists/*",
+    "/var/log/dpkg.log",
+    "/var/log/alternatives.log",
+    "/var/log/apt/*",
+    "/var/cache/ldconfig/aux-cache",
+    "/var/lib/dpkg/*-old",
+    "/var/cache/debconf/*-old",
+)
+
+#: The same family for dnf (el9) and yum (el7), not measured here (docs/reproducibility.md):
+#: their logs, their transaction-history databases (wall-clock times of every transaction),
+#: the rpm database's Berkeley DB region files (el7) and ldconfig's aux-cache.
+_LEFTOVERS_DNF = (
+    "/var/cache/dnf",
+    "/var/log/dnf.log",
+    "/var/log/dnf.librepo.log",
+    "/var/log/dnf.rpm.log",
+    "/var/log/hawkey.log",
+    "/var/lib/dnf/history.sqlite*",
+    "/var/cache/ldconfig/aux-cache",
+)
+_LEFTOVERS_YUM = (
+    "/var/cache/yum",
+    "/var/log/yum.log",
+    "/var/lib/yum/history",
+    "/var/lib/rpm/__db.*",
+    "/var/cache/ldconfig/aux-cache",
+)
+
+
+def leftovers(family: Family) -> tuple[str, ...]:
+    """The command that removes what a package manager run leaves besides the packages.
+
+    It comes last in every step that runs the package manager (``install``, ``toolchain``).
+    The globs are unquoted on purpose: the shell expands them; ``rm -f`` ignores a pattern
+    that matched nothing.
+    """
+    paths: tuple[str, ...]
+    if family in {"debian", "ubuntu"}:
+        paths = _LEFTOVERS_APT
+    elif family == "el9":
+        paths = _LEFTOVERS_DNF
+    else:
+        paths = _LEFTOVERS_YUM
+    return ("rm -rf " + " ".join(paths),)
+
+
 def install(family: Family, packages: Iterable[str]) -> tuple[str, ...]:
-    """Commands that install ``packages`` and leave no package-manager cache behind."""
+    """Commands that install ``packages`` and leave no package-manager cache or log behind."""
     names = _words(packages)
     if family in {"debian", "ubuntu"}:
         return (
             "apt-get update",
             f"DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {names}",
             "apt-get clean",
-            "rm -rf /var/lib/apt/lists/*",
+            *leftovers(family),
         )
     if family == "el9":
         return (
             f"dnf install -y --setopt=install_weak_deps=False --setopt=tsflags=nodocs {names}",
             "dnf clean all",
-            "rm -rf /var/cache/dnf",
+            *leftovers(family),
         )
     return (
         f"yum install -y --setopt=tsflags=nodocs {names}",
         "yum clean all",
-        "rm -rf /var/cache/yum",
+        *leftovers(family),
     )
 
 
@@ -116,7 +172,7 @@ def toolchain(family: Family, interpreter: str) -> tuple[tuple[str, ...], tuple[
         remove: tuple[str, ...] = (
             f"{each} {apt} purge -y --auto-remove",
             "apt-get clean",
-            "rm -rf /var/lib/apt/lists/*",
+            *leftovers(family),
             f"rm -f {deps_file}",
         )
     else:
@@ -129,7 +185,7 @@ def toolchain(family: Family, interpreter: str) -> tuple[tuple[str, ...], tuple[
         remove = (
             f"{each} {manager} remove -y",
             f"{manager} clean all",
-            f"rm -rf /var/cache/{manager}",
+            *leftovers(family),
             f"rm -f {deps_file}",
         )
     select = f'for p in {names}; do {probe} "$p" >/dev/null 2>&1 || echo "$p"; done > {deps_file}'
