@@ -50,6 +50,12 @@ BUILDER_ENV = "HEPML_BUILDER"
 _STEP = re.compile(r"^\[(?:[\w.-]+ )?(\d+)/(\d+)\] (.*)$", re.DOTALL)
 _TAIL_LINES = 30
 _SHOWN = 72
+#: What every rendered RUN starts with and says nothing about the step: the fixed epoch of
+#: its tools and the CA bundle's prologue (``render.writers``)
+_BOILERPLATE = (
+    re.compile(r"export SOURCE_DATE_EPOCH=\d+\s*(?:&&|;)\s*"),
+    re.compile(r'if \[ -n "[^"]*" \]; then .*?; fi\s*(?:&&|;)\s*', re.DOTALL),
+)
 #: BuildKit's words for a failed RUN, which repeat the whole command
 _PROCESS = re.compile(r'process ".*" did not complete successfully: (exit code: \d+)', re.DOTALL)
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.(\d+))?")
@@ -199,6 +205,13 @@ def build_argv(request: BuildRequest, backend: Backend, metadata: Path) -> list[
     return argv
 
 
+def step_summary(text: str) -> str:
+    """A step's instruction on one line, without the rendered boilerplate."""
+    for pattern in _BOILERPLATE:
+        text = pattern.sub("", text, count=1)
+    return " ".join(text.split())
+
+
 @dataclass
 class _Vertex:
     name: str
@@ -246,7 +259,7 @@ class Progress:
             vertex.started = True
             step = _STEP.match(name)
             if step is not None:
-                what = " ".join(step[3].split())
+                what = step_summary(step[3])
                 self.progress(f"step {step[1]}/{step[2]}: {what[:70]}")
                 self.log.write(f"#{step[1]}/{step[2]} {what}\n")
         if data.get("cached") and not vertex.done:
@@ -278,7 +291,7 @@ class Progress:
             if vertex.error is None:
                 continue
             step = _STEP.match(vertex.name)
-            what = " ".join((step[3] if step else vertex.name).split())
+            what = step_summary(step[3] if step else vertex.name)
             what = what if len(what) <= _SHOWN else what[: _SHOWN - 1] + "…"
             where = f"step {step[1]}/{step[2]} " if step else ""
             error = _PROCESS.sub(r"\1", vertex.error)

@@ -24,6 +24,7 @@ from hepml_images.engine.buildkit import (
     choose,
     context_name,
     run_build,
+    step_summary,
 )
 from hepml_images.errors import BuildError, Cancelled, UsageError
 from tests.unit.fakes import FakeEngine
@@ -163,6 +164,17 @@ def test_progress_reports_steps_and_names_the_failed_one() -> None:
     text = log.getvalue()
     assert "Reading package lists" in text
     assert "ERROR: failed to build" in text
+
+
+def test_steps_are_shown_without_the_rendered_boilerplate() -> None:
+    run = (
+        'RUN export SOURCE_DATE_EPOCH=315532800     && if [ -n "http://172.17.0.1:2/hepml-ca-ab'
+        '.pem" ]; then { curl -fsS -o /tmp/hepml-ca.pem "$X"; } && export SSL_CERT_FILE=/tmp/x;'
+        " printf 'Acquire::https::CaInfo \"%s\";\\n' /tmp/x > /tmp/y; export APT_CONFIG=/tmp/y;"
+        " fi     && apt-get update     && apt-get install -y jq"
+    )
+    assert step_summary(run) == "RUN apt-get update && apt-get install -y jq"
+    assert step_summary("COPY a /b") == "COPY a /b"
 
 
 def test_progress_without_a_failed_step_gives_buildx_own_error() -> None:
