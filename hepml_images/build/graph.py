@@ -31,6 +31,7 @@ from hepml_images.build.images import (
     build_dockerfile,
     export_manifest,
 )
+from hepml_images.build.normalize import canonical
 from hepml_images.engine import DIGEST_LABEL, EngineError
 from hepml_images.errors import HepmlError
 
@@ -298,6 +299,14 @@ class Builder:
                     progress=progress,
                     activity=activity,
                     **self._extra(variant),
+                )
+            if not isinstance(variant.plan.base, ir.FromBootstrap):
+                image_id = canonical(
+                    engine,
+                    image_id,
+                    variant,
+                    epoch=self._extra(variant)["epoch"],
+                    progress=progress,
                 )
             _tag(engine, image_id, variant)
             _remove_replaced(engine, old_id, image_id)

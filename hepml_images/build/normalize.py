@@ -1,0 +1,323 @@
+"""Canonical images: the layers a build added, with times clamped, and a canonical config.
+
+Neither builder gives identical images for identical inputs everywhere: the classic builder
+never rewrites file times, and BuildKit's ``rewrite-timestamp`` works only with an OCI export,
+which the ``docker`` driver refuses on graph-driver stores (overlay2) and the containerd
+store's image exporter refuses as "conflicts with unpack" (see docs/reproducibility.md). So,
+after either backend built an image, ``normalize`` rewrites it once, the same way on every
+engine and store:
+
+- the layers the build added (the parent's layers are kept byte for byte, so a child still
+  shares them): every time newer than the epoch is clamped to it (the member's mtime and its
+  PAX ``mtime``; the PAX ``atime``/``ctime`` records are dropped); the order of the entries,
+  their content, modes, owners, links and extended attributes are kept;
+- the configuration: only what describes the image (``architecture``, ``os``, ``variant``,
+  ``config`` without the builder's container fields, ``rootfs``, ``history``), with
+  ``created`` and every history time set to the epoch, as canonical JSON.
+
+The result is loaded as a ``docker save`` archive (``manifest.json`` and plain layer tars),
+which both stores read; its ID is then what the engine says (the config digest on overlay2,
+the manifest digest on the containerd store), and the same inputs give the same ID.
+The functions over tars are pure; ``normalize`` does the engine's part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, cast
+
+from hepml_images import ir
+from hepml_images.errors import BuildError
+from hepml_images.times import rfc3339
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from hepml_images.engine import Engine
+    from hepml_images.resolve import ResolvedVariant
+
+_CHUNK = 1 << 20
+_GZIP = b"\x1f\x8b"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+#: PAX records that carry times of access and change: never part of what a file is.
+_DROPPED_PAX = ("atime", "ctime", "LIBARCHIVE.creationtime")
+#: The builder's container settings in ``config`` (the classic builder fills them in).
+_CONTAINER_FIELDS = ("Hostname", "Domainname", "Image", "ArgsEscaped")
+#: The parts of an image configuration that describe the image (OCI image spec).
+_IMAGE_FIELDS = ("architecture", "os", "os.version", "os.features", "variant", "config")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Saved:
+    """A ``docker save`` archive on disk: its configuration and its layer members."""
+
+    path: Path
+    config: Mapping[str, Any]
+    #: the archive members holding the layers, bottom first (plain, gzip or zstd tars)
+    layers: tuple[str, ...]
+
+
+def read_saved(path: Path) -> Saved:
+    """The configuration and layer names of the image in a ``docker save`` archive.
+
+    ``manifest.json`` names them in every layout ``docker save`` writes (``<id>/layer.tar``
+    from old engines, ``blobs/sha256/…`` from Docker ≥ 25 and the containerd store).
+    """
+    with tarfile.open(path, mode="r:") as archive:
+        try:
+            manifest_member = archive.extractfile("manifest.json")
+        except KeyError:
+            manifest_member = None
+        if manifest_member is None:
+            raise BuildError(f"{path.name} is not a docker save archive (no manifest.json)")
+        manifests = json.load(manifest_member)
+        if not isinstance(manifests, list) or len(manifests) != 1:
+            raise BuildError(f"{path.name} holds {len(manifests)} images, not one")
+        entry = manifests[0]
+        config_member = archive.extractfile(str(entry["Config"]))
+        if config_member is None:
+            raise BuildError(f"{path.name} lacks its configuration {entry['Config']}")
+        config = json.load(config_member)
+    return Saved(path=path, config=config, layers=tuple(str(name) for name in entry["Layers"]))
+
+
+def _plain(raw: IO[bytes]) -> IO[bytes]:
+    """The uncompressed tar of a layer member (gzip or zstd undone)."""
+    head = raw.read(4)
+    rest = io.BufferedReader(cast("Any", _Joined(head, raw)), buffer_size=_CHUNK)
+    if head.startswith(_GZIP):
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=rest, mode="rb"))
+    if head.startswith(_ZSTD):
+        import zstandard  # noqa: PLC0415 - only images with zstd layers need it
+
+        return cast("IO[bytes]", zstandard.ZstdDecompressor().stream_reader(rest))
+    return rest
+
+
+class _Joined(io.RawIOBase):
+    """``head`` (already read) followed by the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: IO[bytes]) -> None:
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer
+        view = memoryview(buffer)
+        if self._head:
+            size = min(len(view), len(self._head))
+            view[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._raw.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class _Hashing(io.RawIOBase):
+    """A sink that writes through to ``target`` and hashes what it wrote."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target = target
+        self.hash = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # noqa: ANN401 - bytes-like
+        chunk = bytes(data)
+        self.hash.update(chunk)
+        self.target.write(chunk)
+        return len(chunk)
+
+
+def clamp_member(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
+    """The member with its times clamped to ``epoch`` and its access/change times dropped."""
+    member.mtime = min(int(member.mtime), epoch)
+    pax = dict(member.pax_headers)
+    for key in _DROPPED_PAX:
+        pax.pop(key, None)
+    if "mtime" in pax:
+        pax.pop("mtime")  # tarfile writes it again when the clamped time needs it
+    member.pax_headers = pax
+    return member
+
+
+def clamp_layer(source: IO[bytes], target: IO[bytes], epoch: int) -> str:
+    """Copy a layer tar with every time clamped to ``epoch``; the new layer's diff ID."""
+    sink = _Hashing(target)
+    buffered = io.BufferedWriter(sink, buffer_size=_CHUNK)
+    with (
+        tarfile.open(fileobj=_plain(source), mode="r|") as reader,
+        tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as writer,
+    ):
+        for member in reader:
+            data = reader.extractfile(member) if member.isreg() else None
+            writer.addfile(clamp_member(member, epoch), data)
+    buffered.flush()
+    return f"sha256:{sink.hash.hexdigest()}"
+
+
+def copy_layer(source: IO[bytes], target: IO[bytes]) -> str:
+    """Copy a layer tar as it is (decompressed); its diff ID."""
+    digest = hashlib.sha256()
+    plain = _plain(source)
+    while chunk := plain.read(_CHUNK):
+        digest.update(chunk)
+        target.write(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def canonical_config(config: Mapping[str, Any], diff_ids: Sequence[str], epoch: int) -> bytes:
+    """The image configuration that depends on nothing but the image: see the module doc."""
+    created = rfc3339(epoch)
+    document: dict[str, Any] = {key: config[key] for key in _IMAGE_FIELDS if key in config}
+    inner = dict(document.get("config") or {})
+    for key in _CONTAINER_FIELDS:
+        inner.pop(key, None)
+    document["config"] = inner
+    document["created"] = created
+    document["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+    history = []
+    for entry in config.get("history") or []:
+        kept = {k: entry[k] for k in ("created_by", "comment", "empty_layer") if k in entry}
+        history.append({**kept, "created": created})
+    document["history"] = history
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def rewrite(  # noqa: PLR0913 - keyword-only settings
+    saved: Saved,
+    target: Path,
+    *,
+    keep: int,
+    epoch: int,
+    tag: str,
+    progress: Callable[[str], None],
+) -> tuple[str, bytes]:
+    """Write the canonical image as a ``docker save`` archive; (its config digest, config)."""
+    diff_ids: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="hepml-normalize-", dir=target.parent) as tmp:
+        layer_files = []
+        with tarfile.open(saved.path, mode="r:") as archive:
+            for number, name in enumerate(saved.layers):
+                progress(f"canonical layer {number + 1}/{len(saved.layers)}")
+                source = archive.extractfile(name)
+                if source is None:
+                    raise BuildError(f"the engine's archive lacks the layer {name}")
+                spooled = Path(tmp) / f"{number}.tar"
+                with spooled.open("wb") as sink:
+                    if number < keep:
+                        diff_ids.append(copy_layer(source, sink))
+                    else:
+                        diff_ids.append(clamp_layer(source, sink, epoch))
+                layer_files.append(spooled)
+        config = canonical_config(saved.config, diff_ids, epoch)
+        config_hex = hashlib.sha256(config).hexdigest()
+        layer_names = [f"{d.removeprefix('sha256:')}/layer.tar" for d in diff_ids]
+        manifest = json.dumps(
+            [{"Config": f"{config_hex}.json", "RepoTags": [tag], "Layers": layer_names}]
+        ).encode()
+        with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as out:
+            for name, data in ((f"{config_hex}.json", config), ("manifest.json", manifest)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = epoch
+                out.addfile(info, io.BytesIO(data))
+            written: set[str] = set()
+            for name, spooled in zip(layer_names, layer_files, strict=True):
+                if name in written:  # the same layer twice (an empty step repeated)
+                    continue
+                written.add(name)
+                info = out.gettarinfo(str(spooled), arcname=name)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "", ""
+                with spooled.open("rb") as handle:
+                    out.addfile(info, handle)
+    return f"sha256:{config_hex}", config
+
+
+def _stream_to(chunks: Iterator[bytes], path: Path) -> None:
+    with path.open("wb") as sink:
+        for chunk in chunks:
+            sink.write(chunk)
+
+
+def normalize(  # noqa: PLR0913 - keyword-only settings
+    engine: Engine,
+    image_id: str,
+    *,
+    parent_layers: int,
+    epoch: int,
+    tag: str,
+    progress: Callable[[str], None],
+) -> str:
+    """The canonical form of a built image, loaded and tagged ``tag``; its engine ID.
+
+    The built image is removed when the canonical one replaces it (nothing else refers to it).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="hepml-normalize-"))
+    try:
+        progress("canonical image: reading the build")
+        saved_path = workdir / "built.tar"
+        _stream_to(engine.save(image_id), saved_path)
+        saved = read_saved(saved_path)
+        archive = workdir / "canonical.tar"
+        config_digest, _ = rewrite(
+            saved, archive, keep=parent_layers, epoch=epoch, tag=tag, progress=progress
+        )
+        saved_path.unlink()
+        progress("canonical image: loading")
+        engine.load(archive)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    loaded = engine.image(tag)
+    if loaded is None or config_digest not in {loaded.id, loaded.config_digest}:
+        raise BuildError(f"loading the canonical form of {tag} left another image under it")
+    if loaded.id != image_id:
+        with contextlib.suppress(Exception):
+            engine.remove_image(image_id)
+    return loaded.id
+
+
+def canonical(
+    engine: Engine,
+    image_id: str,
+    variant: ResolvedVariant,
+    *,
+    epoch: int,
+    progress: Callable[[str], None],
+) -> str:
+    """``normalize`` a Dockerfile build of ``variant``: its parent's layers are kept as they are."""
+    plan = variant.plan
+    base = plan.base
+    parent_ref = variant.parent.content_ref if variant.parent is not None else None
+    if parent_ref is None and isinstance(base, ir.FromImage):
+        parent_ref = base.ref
+    parent = engine.image(parent_ref) if parent_ref is not None else None
+    built = engine.image(image_id)
+    if built is None:
+        raise BuildError(f"the engine has no image {image_id} after building it")
+    keep = len(parent.layers) if parent is not None else 0
+    if parent is not None and tuple(built.layers[:keep]) != tuple(parent.layers):
+        raise BuildError(
+            f"{variant.content_ref} does not start with the layers of its parent {parent_ref}"
+        )
+    return normalize(
+        engine,
+        image_id,
+        parent_layers=keep,
+        epoch=epoch,
+        tag=variant.content_ref,
+        progress=progress,
+    )
