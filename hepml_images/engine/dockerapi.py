@@ -127,6 +127,20 @@ def _registry_stream(start: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[
         raise EngineError(str(exc), transport=True) from None
 
 
+def _config_digest(attrs: Mapping[str, Any]) -> str | None:
+    """The configuration's digest from ``inspect`` (``Image.config_digest``).
+
+    Graph-driver stores inspect without ``Descriptor``: their ID is the configuration's digest.
+    The containerd store's ID is the manifest's; the configuration's is the descriptor's
+    ``config.digest`` annotation where there is one, else unknown.
+    """
+    descriptor = attrs.get("Descriptor")
+    if not isinstance(descriptor, dict):
+        return str(attrs["Id"])
+    digest = (descriptor.get("annotations") or {}).get("config.digest")
+    return None if digest is None else str(digest)
+
+
 def _api_error(exc: docker.errors.APIError, what: str) -> EngineError:
     return EngineError(f"{what}: {exc.explanation or exc}", status=exc.status_code)
 
@@ -216,6 +230,7 @@ class DockerEngine:
             size=int(attrs.get("Size") or 0),
             architecture=attrs.get("Architecture"),
             created=attrs.get("Created"),
+            config_digest=_config_digest(attrs),
         )
 
     def tag(self, image_id: str, reference: str) -> None:
