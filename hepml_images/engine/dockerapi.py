@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
 _LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+#: The last status line of a push (``TAG: digest: sha256:… size: N``); with the containerd image
+#: store (Engine 28) it is the only place the digest is, there is no ``aux`` chunk.
+_PUSHED = re.compile(r"^\S+: digest: (sha256:[0-9a-f]{64}) size: \d+$")
 #: Bytes of the image archive read at a time.
 _CHUNK = 1 << 20
 _OUTPUT_CHARS = 4000
@@ -387,6 +390,8 @@ class DockerEngine:
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("Digest"):
                 digest = str(aux["Digest"])
+            elif match := _PUSHED.match(str(chunk.get("status", ""))):
+                digest = digest or match[1]  # the containerd image store says it only so
         if digest is None:
             raise EngineError(f"the push of {repository}:{tag} reported no digest", transport=True)
         return digest

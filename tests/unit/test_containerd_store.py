@@ -17,13 +17,13 @@ import subprocess
 import tarfile
 import threading
 from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import pytest
 import zstandard
 
 from hepml_images.build import images
-from hepml_images.engine import Activity, Image, dockerapi
+from hepml_images.engine import Activity, EngineError, Image, dockerapi
 from hepml_images.pipeline import resolve_directory
 from hepml_images.sif import rootfs
 from hepml_images.spec.load import shipped_dir
@@ -282,3 +282,37 @@ def test_a_bootstrapped_base_gets_the_id_the_engine_gave_it(
     assert f"loaded {base.content_ref} as {loaded.id} (configuration sha256:" in log.getvalue()
     engine.tag(image_id, base.image)  # what the build graph does next: it must not fail
     assert replace(engine.images[base.image], tags=()) == replace(loaded, tags=())
+
+
+class _PushApi:
+    """The Engine API's push stream, as each store writes it."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.chunks = chunks
+
+    def push(self, *_: object, **__: object) -> Iterator[dict[str, Any]]:
+        return iter(self.chunks)
+
+
+MANIFEST = "sha256:" + "6e" * 32
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        # graph-driver stores: an aux chunk, after the same status line
+        [
+            {"status": f"1: digest: {MANIFEST} size: 403"},
+            {"aux": {"Tag": "1", "Digest": MANIFEST, "Size": 403}},
+        ],
+        # the containerd store (Engine 28.5): only the status line
+        [{"status": f"1: digest: {MANIFEST} size: 403"}],
+    ],
+)
+def test_the_pushed_digest_is_read_from_either_store(last: list[dict[str, Any]]) -> None:
+    engine = dockerapi.DockerEngine.__new__(dockerapi.DockerEngine)
+    engine.api = cast("Any", _PushApi([{"status": "Pushed", "id": "f466173f99fd"}, *last]))
+    assert engine.push("127.0.0.1:5000/hepml/t", "1", None) == MANIFEST
+    engine.api = cast("Any", _PushApi([{"status": "Pushed", "id": "f466173f99fd"}]))
+    with pytest.raises(EngineError, match="reported no digest"):
+        engine.push("127.0.0.1:5000/hepml/t", "1", None)
