@@ -53,8 +53,9 @@ def image_config(
 ) -> bytes:
     """The image configuration of a bootstrapped root filesystem, canonical JSON.
 
-    The image ID is the SHA-256 of these bytes: with the same root filesystem and epoch it is
-    the same on every run and machine.
+    Their SHA-256 is the configuration's digest (the image ID on graph-driver stores; the
+    containerd store's ID is its manifest's digest): with the same root filesystem and epoch
+    it is the same on every run and machine, and so is the image ID in either store.
     """
     # a plan's own ENV steps, if any, are built on top of this image (build_bootstrapped)
     config: dict[str, Any] = {
@@ -78,7 +79,12 @@ def image_config(
 
 
 def write_archive(target: Path, rootfs: Path, config: bytes, repo_tags: list[str]) -> str:
-    """A ``docker save`` archive of a one-layer image; returns the image ID."""
+    """A ``docker save`` archive of a one-layer image; returns its configuration's digest.
+
+    That digest is the image ID only on graph-driver stores (the containerd store's ID is the
+    digest of the manifest it makes on load): a caller reads the ID from the engine after
+    ``load`` (``loaded_id``).
+    """
     config_hex = hashlib.sha256(config).hexdigest()
     layer_dir = sha256_file(rootfs)
     manifest = json.dumps(
@@ -97,6 +103,14 @@ def write_archive(target: Path, rootfs: Path, config: bytes, repo_tags: list[str
             archive.addfile(info, io.BytesIO(data))
         archive.add(rootfs, arcname=f"{layer_dir}/layer.tar", recursive=False)
     return f"sha256:{config_hex}"
+
+
+def loaded_id(engine: Engine, reference: str) -> str:
+    """The engine's ID of the image a ``load`` just tagged ``reference`` (see ``Image``)."""
+    image = engine.image(reference)
+    if image is None:
+        raise EngineError(f"the engine loaded the archive but has no image {reference}")
+    return image.id
 
 
 def bootstrap_argv(base: ir.FromBootstrap, rootfs: Path) -> list[str]:
@@ -162,13 +176,15 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
             loaded_ref = variant.content_ref.replace(":", "-rootfs:", 1)
             final_plan = replace(plan, base=ir.FromImage(ref=loaded_ref))
         archive = Path(tmp) / "image.tar"
-        image_id = write_archive(archive, rootfs, config, [loaded_ref])
+        config_digest = write_archive(archive, rootfs, config, [loaded_ref])
         rootfs.unlink()
         try:
             engine.load(archive)
+            image_id = loaded_id(engine, loaded_ref)
         except EngineError as exc:
             raise BuildError(f"loading the root filesystem failed: {exc.message}") from None
-        log.write(f"loaded {loaded_ref} as {image_id}\n")
+        note = "" if image_id == config_digest else f" (configuration {config_digest})"
+        log.write(f"loaded {loaded_ref} as {image_id}{note}\n")
     if final_plan is plan:
         return image_id
     return build_dockerfile(  # pragma: no cover - see above

@@ -273,16 +273,22 @@ def normalize(  # noqa: PLR0913 - keyword-only settings
         _stream_to(engine.save(image_id), saved_path)
         saved = read_saved(saved_path)
         archive = workdir / "canonical.tar"
-        config_digest, _ = rewrite(
+        config_digest, config = rewrite(
             saved, archive, keep=parent_layers, epoch=epoch, tag=tag, progress=progress
         )
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         saved_path.unlink()
         progress("canonical image: loading")
         engine.load(archive)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     loaded = engine.image(tag)
-    if loaded is None or config_digest not in {loaded.id, loaded.config_digest}:
+    # the containerd store names a loaded archive by a manifest digest it made, without the
+    # configuration's: there the layers say that it is the canonical image
+    if loaded is None or (
+        config_digest not in {loaded.id, loaded.config_digest}
+        and (loaded.config_digest is not None or list(loaded.layers) != diff_ids)
+    ):
         raise BuildError(f"loading the canonical form of {tag} left another image under it")
     if loaded.id != image_id:
         with contextlib.suppress(Exception):

@@ -64,7 +64,24 @@ class EngineError(HepmlError):
 
 @dataclass(frozen=True, kw_only=True)
 class Image:
-    """What the engine knows of one image."""
+    """What the engine knows of one image.
+
+    Two identities, and which one means what in hepml-images:
+
+    - ``id``, "the image ID" everywhere in hepml-images, is the engine's own ID of the image,
+      what ``docker images`` shows: the configuration's digest on graph-driver stores
+      (overlay2 …), the manifest's digest on the containerd image store (Docker Engine 29's and
+      Docker Desktop's default). It is always read from the engine, never computed by us (a
+      loaded archive's config digest is not its ID on the containerd store), and it is the key
+      of the smoke-test result store and of the publish gate: a result holds for exactly the
+      image the engine names so.
+    - ``config_digest`` is the content identity that is the same in both stores (the digest of
+      the image configuration, which names the layers' diff IDs), for comparing images across
+      stores and rebuilds. On graph-driver stores it is ``id``; on the containerd store the
+      engine says it only for some images (the ``config.digest`` annotation of the manifest's
+      descriptor, which BuildKit builds carry; classic builds and loaded archives do not), and
+      it is None where the engine does not say.
+    """
 
     id: str
     tags: tuple[str, ...] = ()
@@ -78,10 +95,8 @@ class Image:
     size: int = 0
     architecture: str | None = None
     created: str | None = None
-    #: the digest of its configuration: the same image has the same one in every store (the
-    #: ``id`` is the engine's own handle: the config digest on graph-driver stores, the
-    #: manifest digest on the containerd store); empty when the engine did not say
-    config_digest: str = ""
+    #: the image configuration's digest, where the engine says it (see the class docstring)
+    config_digest: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

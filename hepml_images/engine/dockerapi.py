@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _RUNNING = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$")
 _LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+#: The last status line of a push (``TAG: digest: sha256:… size: N``); with the containerd image
+#: store (Engine 28) it is the only place the digest is, there is no ``aux`` chunk.
+_PUSHED = re.compile(r"^\S+: digest: (sha256:[0-9a-f]{64}) size: \d+$")
 #: Bytes of the image archive read at a time.
 _CHUNK = 1 << 20
 _OUTPUT_CHARS = 4000
@@ -128,14 +131,18 @@ def _registry_stream(start: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[
         raise EngineError(str(exc), transport=True) from None
 
 
-def _config_digest(attrs: Mapping[str, Any]) -> str:
-    """The config digest: the ID on graph-driver stores, an annotation on the containerd one."""
+def _config_digest(attrs: Mapping[str, Any]) -> str | None:
+    """The configuration's digest from ``inspect`` (``Image.config_digest``).
+
+    Graph-driver stores inspect without ``Descriptor``: their ID is the configuration's digest.
+    The containerd store's ID is the manifest's; the configuration's is the descriptor's
+    ``config.digest`` annotation where there is one, else unknown.
+    """
     descriptor = attrs.get("Descriptor")
-    if isinstance(descriptor, dict):
-        found = (descriptor.get("annotations") or {}).get("config.digest")
-        if isinstance(found, str) and found.startswith("sha256:"):
-            return found
-    return str(attrs["Id"])
+    if not isinstance(descriptor, dict):
+        return str(attrs["Id"])
+    digest = (descriptor.get("annotations") or {}).get("config.digest")
+    return None if digest is None else str(digest)
 
 
 def _api_error(exc: docker.errors.APIError, what: str) -> EngineError:
@@ -225,9 +232,9 @@ class DockerEngine:
             config=dict(config),
             layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
             size=int(attrs.get("Size") or 0),
-            config_digest=_config_digest(attrs),
             architecture=attrs.get("Architecture"),
             created=attrs.get("Created"),
+            config_digest=_config_digest(attrs),
         )
 
     def tag(self, image_id: str, reference: str) -> None:
@@ -398,6 +405,8 @@ class DockerEngine:
             aux = chunk.get("aux")
             if isinstance(aux, dict) and aux.get("Digest"):
                 digest = str(aux["Digest"])
+            elif match := _PUSHED.match(str(chunk.get("status", ""))):
+                digest = digest or match[1]  # the containerd image store says it only so
         if digest is None:
             raise EngineError(f"the push of {repository}:{tag} reported no digest", transport=True)
         return digest

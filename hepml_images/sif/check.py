@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepml_images.build.images import write_archive
+from hepml_images.build.images import loaded_id, write_archive
 from hepml_images.engine import EngineError
 from hepml_images.errors import HepmlError
 from hepml_images.hashing import sha256_file
@@ -108,10 +108,12 @@ def load_rootfs(engine: Engine, path: Path, *, epoch: int) -> str:
             "rootfs": {"diff_ids": [diff_id], "type": "layers"},
         }
         raw = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        image_id = write_archive(archive, layer, raw, [f"hepml-sif-check:{sha[:16]}"])
+        reference = f"hepml-sif-check:{sha[:16]}"
+        write_archive(archive, layer, raw, [reference])
         layer.unlink()
         try:
             engine.load(archive)
+            image_id = loaded_id(engine, reference)
         except EngineError as exc:
             raise SifCheckFailed(
                 f"the engine refused the SIF's root filesystem: {exc.message}"

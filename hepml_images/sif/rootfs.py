@@ -16,6 +16,7 @@ squashfs step maps them back to root, as Apptainer does for unprivileged builds;
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import os
@@ -23,9 +24,12 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
+
+import zstandard
 
 from hepml_images.errors import HepmlError
 
@@ -286,6 +290,64 @@ class _Applier(threading.Thread):
             self.error = exc
 
 
+#: How a compressed layer blob starts (the containerd store saves layers as it stores them).
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream of ``head`` then the rest of ``source`` (the bytes read to sniff the format)."""
+
+    def __init__(self, head: bytes, source: IO[bytes]) -> None:
+        self._head = head
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer of any kind
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _decoded(source: IO[bytes]) -> IO[bytes]:
+    """The blob's uncompressed bytes: gzip and zstd (by their magic) are decompressed."""
+    head = source.read(len(ZSTD_MAGIC))
+    raw = io.BufferedReader(_Prefixed(head, source), buffer_size=_CHUNK)
+    if head.startswith(GZIP_MAGIC):
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=raw, mode="rb"))
+    if head == ZSTD_MAGIC:
+        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return reader
+    return raw
+
+
+def _spool(source: IO[bytes], target: Path, name: str) -> str:
+    """Write the blob, decompressed, to ``target`` while hashing it; its diff ID.
+
+    A layer's diff ID is the digest of its uncompressed tar: a classic archive stores that tar,
+    an OCI archive stores blobs as the store keeps them (uncompressed, gzip or zstd).
+    """
+    digest = hashlib.sha256()
+    try:
+        with _decoded(source) as data, target.open("wb") as sink:
+            while block := data.read(_CHUNK):
+                digest.update(block)
+                sink.write(block)
+    except (gzip.BadGzipFile, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        target.unlink(missing_ok=True)
+        raise RootfsError(
+            f"the engine's archive of the image has a broken compressed blob {name}: {exc}"
+        ) from None
+    return f"sha256:{digest.hexdigest()}"
+
+
 def flatten_stream(  # noqa: PLR0913 - keyword-only settings
     chunks: Iterator[bytes],
     order: Sequence[str],
@@ -299,10 +361,12 @@ def flatten_stream(  # noqa: PLR0913 - keyword-only settings
     """Unpack a ``docker save`` archive, streamed as ``chunks``, into the empty directory ``root``.
 
     ``order`` is the image's layer diff IDs, base first (``RootFS.Layers``). Each layer file of
-    the archive is written to ``spool`` while its SHA-256 (its diff ID) is computed; a second
-    thread applies the layers in ``order`` as soon as each has arrived, while the archive still
-    streams. Works for the classic (``<id>/layer.tar``) and the OCI (``blobs/sha256/…``)
-    archive layouts. Returns how many device nodes were left out (without root).
+    the archive is written to ``spool``, decompressed when it is a gzip or zstd blob, while the
+    SHA-256 of the uncompressed tar (its diff ID) is computed; a second thread applies the
+    layers in ``order`` as soon as each has arrived, while the archive still streams. Layers
+    are found by that digest, not through the archive's metadata, so this works for the classic
+    (``<id>/layer.tar``) and the OCI (``blobs/sha256/…``, the containerd store's ``docker save``,
+    nested indexes included) layouts alike. Returns how many device nodes were left out.
     """
     as_root = os.geteuid() == 0
     wanted = set(order)
@@ -328,12 +392,7 @@ def flatten_stream(  # noqa: PLR0913 - keyword-only settings
                 if source is None:
                     continue
                 target = spool / f"{number}.tar"
-                digest = hashlib.sha256()
-                with target.open("wb") as sink:
-                    while block := source.read(_CHUNK):
-                        digest.update(block)
-                        sink.write(block)
-                diff_id = f"sha256:{digest.hexdigest()}"
+                diff_id = _spool(source, target, member.name)
                 if diff_id in wanted:
                     applier.offer(diff_id, target)
                 else:

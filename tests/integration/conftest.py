@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import in_ci, require_tool
+from tests.integration.containerd import containerd_engine
 from tests.integration.helpers import DEFAULT_SIF, run
 from tests.integration.registry import registry
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
     import docker
 
-__all__ = ["registry"]  # the fixture (tests/integration/registry.py), for every test here
+#: the fixtures of tests/integration/registry.py and containerd.py, for every test here
+__all__ = ["containerd_engine", "registry"]
 
 
 @pytest.fixture(scope="session")
