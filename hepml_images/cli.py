@@ -348,7 +348,7 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
             "--builder",
             envvar=BUILDER_ENV,
             help="What builds the Dockerfiles: BuildKit (docker buildx, the engine's docker"
-            " driver), the Engine API's classic builder (deprecated; not reproducible), or auto:"
+            " driver), the Engine API's classic builder (deprecated by Docker), or auto:"
             " BuildKit where buildx >= 0.13 and Docker Engine >= 23 are there.",
         ),
     ] = ImageBuilder.auto,

@@ -285,8 +285,8 @@ def build(
         events.note(f"build backend: {backend.label} ({backend.reason})")
         if backend.name == "classic":
             events.note(
-                "the classic builder is deprecated and cannot rewrite layer timestamps: its"
-                " images are not bit-for-bit reproducible (BuildKit: --builder buildkit)"
+                "the classic builder is deprecated by Docker; its layers get the same canonical"
+                " rewrite, but its images are not the BuildKit backend's (other history)"
             )
 
     origins: dict[str, provenance.Origin] = {}

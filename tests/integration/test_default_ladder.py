@@ -201,7 +201,7 @@ def test_the_classic_builder_still_builds_and_tests_the_default_environment(
     run = cli(state, "build", "--builder", "classic", "--no-cache", "--json")
     assert run.code == 0, run.stderr[-5000:]
     assert "build backend: classic" in run.stderr
-    assert "not bit-for-bit reproducible" in run.stderr
+    assert "deprecated" in run.stderr
     result = run.json()
     builds = by_key(result["builds"])
     assert list(builds) == list(LADDER)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import tarfile
 import threading
@@ -76,11 +77,49 @@ class FakeEngine:
         self.images.pop(reference, None)
 
     def load(self, archive: Path) -> None:
+        """Like the engine: the archive's image under its RepoTags, its ID its config digest."""
         self._record("load", str(archive))
+        with tarfile.open(archive) as tar:
+            manifest = tar.extractfile("manifest.json")
+            if manifest is None:
+                return  # what the tests of loading bases hand in (a tar without an image)
+            (entry,) = json.load(manifest)
+            raw = tar.extractfile(entry["Config"])
+            assert raw is not None
+            data = raw.read()
+        config = json.loads(data)
+        image = Image(
+            id="sha256:" + hashlib.sha256(data).hexdigest(),
+            tags=tuple(entry["RepoTags"]),
+            labels=dict((config.get("config") or {}).get("Labels") or {}),
+            config=dict(config.get("config") or {}),
+            layers=tuple(config["rootfs"]["diff_ids"]),
+        )
+        self.images[image.id] = image
+        for tag in image.tags:
+            self.images[tag] = image
 
     def save(self, image_id: str) -> Iterator[bytes]:
+        """A ``docker save`` archive of the image: its configuration, no layer content."""
         self._record("save", image_id)
-        return iter(())
+        image = self.images[image_id]
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {**image.config, "Labels": dict(image.labels)},
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "fake"}],
+            }
+        ).encode()
+        manifest = json.dumps([{"Config": "c.json", "RepoTags": [], "Layers": []}]).encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in (("c.json", config), ("manifest.json", manifest)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return iter((buffer.getvalue(),))
 
     def build(
         self,

@@ -73,6 +73,8 @@ def run(  # noqa: PLR0913 - keyword-only scenario knobs
         graph, "_existing", lambda _c, v: ("sha256:present", []) if v.key in present else None
     )
     monkeypatch.setattr(graph, "_tag", lambda *_a: None)
+    # the canonical rewrite reads and loads image archives: tests/unit/test_normalize.py
+    monkeypatch.setattr(graph, "canonical", lambda _e, image_id, *_a, **_k: image_id)
     monkeypatch.setattr(graph, "export_manifest", lambda *_a: [])
     options = Options(jobs=jobs, epoch=0, log_dir=tmp)
     engine = FakeEngine()
