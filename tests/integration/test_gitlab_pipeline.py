@@ -15,6 +15,12 @@ point at the loopback registry fixture; hepml-images is the one under test (``HE
    an ORAS artifact and the DUCC wishlist is written.
 
 JUnit reports are checked in both; the registry password appears in no output.
+
+3. The default ladder (debian-base → debian-hdf5 → debian-python → debian-tensorflow:cpu, the
+   shipped specs) as a branch pipeline on fresh runners whose engine is emptied between jobs:
+   the second engine, with the containerd image store (``containerd_engine``), so that emptying
+   it entirely costs the rest of the suite nothing. The TensorFlow job must pull its three
+   parents from the cache and build only itself.
 """
 
 from __future__ import annotations
@@ -161,7 +167,9 @@ def clean(
 class GitlabCiLocal:
     """gitlab-ci-local in one repository, with the registry as CI_REGISTRY."""
 
-    def __init__(self, repo: Path, registry: Registry, tmp: Path) -> None:
+    def __init__(
+        self, repo: Path, registry: Registry, tmp: Path, docker_host: str | None = None
+    ) -> None:
         self.tool = require_tool("gitlab-ci-local")
         require_tool("rsync")
         self.repo = repo
@@ -189,6 +197,8 @@ class GitlabCiLocal:
         }
         if HOST_CA.exists():
             self.env["HEPML_CA_BUNDLE"] = str(HOST_CA)
+        if docker_host is not None:
+            self.env["DOCKER_HOST"] = docker_host
         self.outputs: list[str] = []
 
     def fresh_runner(self, client: docker.DockerClient, before: set[str]) -> None:
@@ -307,3 +317,77 @@ def test_the_generated_gitlab_pipeline_runs_and_children_pull_their_parents(
     for path in (repo / ".gitlab-ci-local" / "output").glob("*.log"):
         everything += path.read_text(errors="replace")
     assert registry.password not in everything, "the registry password was printed"
+
+
+LADDER_JOBS = (
+    "build:debian-base:default",
+    "build:debian-hdf5:default",
+    "build:debian-python:default",
+    "build:debian-tensorflow:cpu",
+)
+
+
+def _empty_engine(host: str) -> None:
+    """What a fresh runner's engine holds: nothing (no image, no build cache)."""
+    import docker
+
+    client = docker.DockerClient(base_url=host, timeout=600)
+    try:
+        for image in client.images.list(all=True):
+            client.images.remove(str(image.id), force=True)
+        client.api.prune_builds(all=True)
+        assert client.images.list(all=True) == []
+    finally:
+        client.close()
+
+
+def test_the_default_ladder_pipeline_pulls_the_tensorflow_jobs_three_parents(
+    registry: Registry, containerd_engine: str, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "hepml_images", "ci", "generate", "--provider", "gitlab"),
+            *("--docker", "socket", "debian-tensorflow", "-o", ".gitlab-ci.yml"),
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    _git(repo, "init", "-q", "-b", "feature")
+    (repo / ".git" / "info" / "exclude").write_text(
+        ".gitlab-ci-local/\n.gitlab-ci-local-variables.yml\nreports/\nsif/\n"
+    )
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "the default ladder's pipeline")
+    run = GitlabCiLocal(repo, registry, tmp_path, docker_host=containerd_engine)
+    logs = {}
+    for job in LADDER_JOBS:
+        _empty_engine(containerd_engine)
+        shutil.rmtree(run.state)
+        run.state.mkdir()
+        logs[job] = run(job)
+        assert _passed(logs[job], job), logs[job][-4000:]
+    tf = logs[LADDER_JOBS[-1]]
+    cache = f"{run.image}/cache"
+    for spec in ("debian-base", "debian-hdf5", "debian-python"):
+        tag = _content_tag(tf, spec)
+        assert f"{spec}:default: pulled from {cache}/{spec}:{tag}" in tf, (
+            f"the TensorFlow job pulled {spec} from the cache instead of building it"
+        )
+        assert not re.search(rf"hepml/{spec}:\w+ +│ built", tf), f"{spec} was built again"
+        assert registry.tags(f"{PROJECT}/cache/{spec}") == [tag]
+    assert re.search(r"hepml/debian-tensorflow:\w+ +│ built", tf), tf[-4000:]
+    tf_tag = _content_tag(tf, "debian-tensorflow")
+    assert registry.tags(f"{PROJECT}/cache/debian-tensorflow") == [tf_tag]
+    published = [r for r in registry.catalog() if r.startswith(PROJECT) and "/cache/" not in r]
+    assert published == [], "a branch pipeline publishes nothing"
+    root = _junit(repo, "debian-tensorflow-cpu")
+    assert "tensorflow computes" in ET.tostring(root, encoding="unicode")
+    assert registry.password not in "\n".join(run.outputs)
+    _empty_engine(containerd_engine)
