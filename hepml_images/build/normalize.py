@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import shutil
 import tarfile
 import tempfile
@@ -37,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from hepml_images import ir
 from hepml_images.errors import BuildError
+from hepml_images.render.writers import CA_ARG
 from hepml_images.times import rfc3339
 
 if TYPE_CHECKING:
@@ -52,6 +54,10 @@ _ZSTD = b"\x28\xb5\x2f\xfd"
 _DROPPED_PAX = ("atime", "ctime", "LIBARCHIVE.creationtime")
 #: The builder's container settings in ``config`` (the classic builder fills them in).
 _CONTAINER_FIELDS = ("Hostname", "Domainname", "Image", "ArgsEscaped")
+#: The CA bundle's URL as both builders record a RUN's build argument in its history entry
+#: (``RUN |1 HEPML_CA_URL=http://172.17.0.1:20464/… /bin/sh -c …``): it says where this machine
+#: served the bundle (its bridge, a port), not what the image is, and is left out.
+_CA_IN_HISTORY = re.compile(rf"^((?:RUN )?)\|1 {CA_ARG}=\S* ")
 #: The parts of an image configuration that describe the image (OCI image spec).
 _IMAGE_FIELDS = ("architecture", "os", "os.version", "os.features", "variant", "config")
 
@@ -192,6 +198,8 @@ def canonical_config(config: Mapping[str, Any], diff_ids: Sequence[str], epoch: 
     history = []
     for entry in config.get("history") or []:
         kept = {k: entry[k] for k in ("created_by", "comment", "empty_layer") if k in entry}
+        if "created_by" in kept:
+            kept["created_by"] = _CA_IN_HISTORY.sub(r"\1", str(kept["created_by"]), count=1)
         history.append({**kept, "created": created})
     document["history"] = history
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()

@@ -118,6 +118,21 @@ def test_the_config_keeps_what_describes_the_image_only() -> None:
     )
 
 
+def test_where_the_ca_bundle_was_served_is_not_part_of_the_image() -> None:
+    def history(created_by: str) -> dict[str, object]:
+        return {"history": [{"created_by": created_by}], "config": {}}
+
+    served = "RUN |1 HEPML_CA_URL=http://172.17.0.1:20464/hepml-ca-ab.pem /bin/sh -c apt-get x"
+    classic = "|1 HEPML_CA_URL=http://172.29.0.1:31000/hepml-ca-ab.pem /bin/sh -c apt-get x"
+    plain = canonical_config(history("RUN /bin/sh -c apt-get x"), [], EPOCH)
+    assert canonical_config(history(served), [], EPOCH) == plain
+    assert json.loads(canonical_config(history(classic), [], EPOCH))["history"][0][
+        "created_by"
+    ] == ("/bin/sh -c apt-get x")
+    other = canonical_config(history("RUN |1 OTHER=1 /bin/sh -c apt-get x"), [], EPOCH)
+    assert other != plain
+
+
 def saved_archive(path: Path, layers: list[bytes], *, oci: bool) -> Path:
     """A ``docker save`` archive: ``<id>/layer.tar`` names, or Docker 25+'s blobs."""
     diff_ids = [f"sha256:{hashlib.sha256(data).hexdigest()}" for data in layers]
