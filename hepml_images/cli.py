@@ -29,7 +29,7 @@ from hepml_images.build.ca import CA_ENV
 from hepml_images.doctor import CHECK_NAMES, evaluate, gather, required_checks
 from hepml_images.engine import connect
 from hepml_images.engine.buildkit import BUILDER_ENV
-from hepml_images.errors import HepmlError, TestsFailed, UsageError
+from hepml_images.errors import HepmlError, NotReproduced, TestsFailed, UsageError
 from hepml_images.registry import PULL_FROM_ENV, PUSH_CACHE_ENV, REGISTRY_ENV
 from hepml_images.sif import make as make_sif
 from hepml_images.smoke import session
@@ -541,6 +541,59 @@ def inspect_command(
         _print_json(data)
         return
     out.print(display.image_table(f"{image} ({info.where})", data))
+
+
+@app.command("verify")
+def verify_command(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="A local image (reference or ID) or REGISTRY/REPOSITORY:TAG (pulled first).",
+            show_default=False,
+        ),
+    ],
+    specs: Annotated[
+        list[Path] | None,
+        typer.Option("--specs", help="Directories with the image's spec (besides the shipped)."),
+    ] = None,
+    builder: Annotated[
+        ImageBuilder,
+        typer.Option("--builder", envvar=BUILDER_ENV, help="The backend of the rebuild."),
+    ] = ImageBuilder.auto,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option("--ca-bundle", envvar=CA_ENV, help="As for build: trusted by the rebuild."),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the rebuilt image (hepml-verify/<spec>:…).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild an image from what it carries, without cache, and compare: exit 0 identical, 1 not.
+
+    The spec is found by the image's labels (shipped specs and --specs), its parent by the image
+    ID it names, the epoch by its created label; differences are listed per layer and file.
+    """
+    _stoppable()
+    verdict = pipeline.verify_image(
+        image,
+        events,
+        search=tuple(specs or ()),
+        builder=builder.value,
+        ca_bundle=ca_bundle,
+        log_dir=logs_dir() / time.strftime("%Y%m%d-%H%M%S"),
+        keep=keep,
+    )
+    if as_json:
+        _print_json(display.verdict_json(verdict))
+    else:
+        for line in display.verdict_lines(verdict):
+            out.print(line)
+    if not verdict.identical:
+        raise NotReproduced(
+            f"the rebuild of {image} differs from it ({display.verdict_summary(verdict)})",
+            hint="the paths above say what differs; see docs/reproducibility.md",
+        )
 
 
 # --- grid artifacts: sif, sandbox, ducc-wishlist ---------------------------------------------

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from hepml_images.publish import Published, SifPublished
     from hepml_images.resolve import ResolvedVariant
     from hepml_images.smoke.session import ImageReport
+    from hepml_images.verify import Verdict
 
 _STYLE = {
     State.WAITING: "dim",
@@ -465,3 +466,66 @@ def build_json(run: BuildRun, *, test: bool) -> dict[str, Any]:
     if run.sifs_published:
         report["publish_sif"] = sifs_published_json(run.sifs_published)
     return report
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+#: Paths listed per differing layer before "… and N more".
+VERIFY_PATHS = 40
+
+
+def verdict_summary(verdict: Verdict) -> str:
+    """One line: how many layers and paths differ, and whether the configuration does."""
+    layers = [layer for layer in verdict.layers if not layer.identical]
+    paths = sum(len(layer.differences) for layer in layers)
+    parts = []
+    if layers:
+        parts.append(f"{len(layers)} of {len(verdict.layers)} layers, {paths} paths")
+    if verdict.config_fields:
+        parts.append("configuration: " + ", ".join(verdict.config_fields))
+    return "; ".join(parts) or "identical"
+
+
+def verdict_lines(verdict: Verdict) -> list[str]:
+    """The report of ``verify``: per layer identical or its differing paths."""
+    lines = [f"{verdict.reference}: {verdict.image_id}", f"rebuilt: {verdict.rebuilt_id}"]
+    for layer in verdict.layers:
+        if layer.identical:
+            lines.append(f"layer {layer.index}: identical {layer.diff_id_a}")
+            continue
+        lines.append(f"layer {layer.index}: {layer.diff_id_a} != {layer.diff_id_b}")
+        for difference in layer.differences[:VERIFY_PATHS]:
+            what = {"only-a": "only in the image", "only-b": "only in the rebuild"}.get(
+                difference.what, "differs in " + ", ".join(difference.fields)
+            )
+            lines.append(f"  /{difference.path.lstrip('/')}: {what}")
+        if len(layer.differences) > VERIFY_PATHS:
+            lines.append(f"  … and {len(layer.differences) - VERIFY_PATHS} more")
+    if verdict.config_fields:
+        lines.append("configuration differs in: " + ", ".join(verdict.config_fields))
+    lines.append("identical" if verdict.identical else "different: " + verdict_summary(verdict))
+    return lines
+
+
+def verdict_json(verdict: Verdict) -> dict[str, Any]:
+    """The ``--json`` form of ``verify``."""
+    return {
+        "reference": verdict.reference,
+        "image_id": verdict.image_id,
+        "rebuilt_id": verdict.rebuilt_id,
+        "identical": verdict.identical,
+        "config_digests": list(verdict.config),
+        "config_fields": list(verdict.config_fields),
+        "layers": [
+            {
+                "index": layer.index,
+                "identical": layer.identical,
+                "diff_ids": [layer.diff_id_a, layer.diff_id_b],
+                "differences": [
+                    {"path": d.path, "what": d.what, "fields": list(d.fields)}
+                    for d in layer.differences
+                ],
+            }
+            for layer in verdict.layers
+        ],
+    }

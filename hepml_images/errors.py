@@ -104,6 +104,12 @@ class TestsFailed(HepmlError):  # noqa: N818 - reads as the sentence it reports
     exit_code = 1
 
 
+class NotReproduced(HepmlError):  # noqa: N818 - reads as the sentence it reports
+    """``verify``: the rebuild differs from the image (the report says where)."""
+
+    exit_code = 1
+
+
 class Interrupted(HepmlError):  # noqa: N818 - reads as the sentence it reports
     """Ctrl-C or SIGTERM: work was cancelled and cleaned up."""
 

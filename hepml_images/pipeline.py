@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from hepml_images import grid, noop, outputs, provenance
 from hepml_images import publish as publishing
+from hepml_images import verify as verifying
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
 from hepml_images.build.graph import (
     Builder,
@@ -38,7 +39,7 @@ from hepml_images.build.graph import (
     closure,
     up_to_date,
 )
-from hepml_images.engine import DIGEST_LABEL, buildkit, connect, flavour
+from hepml_images.engine import DIGEST_LABEL, EngineError, buildkit, connect, flavour
 from hepml_images.errors import (
     BuildFailed,
     HepmlError,
@@ -934,3 +935,63 @@ def interrupted_guard(message: str, hint: str | None = None) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         raise Interrupted(message, hint=hint) from None
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+
+def verify_image(  # noqa: PLR0913 - keyword-only settings
+    reference: str,
+    events: Events,
+    *,
+    search: Sequence[Path] = (),
+    builder: str = "auto",
+    ca_bundle: Path | None = None,
+    log_dir: Path,
+    keep: bool = False,
+    engine_factory: Callable[[], Engine] = connect,
+    environ: Mapping[str, str] = os.environ,
+) -> verifying.Verdict:
+    """``verify``: the image (pulled first when it is only in a registry), rebuilt and compared."""
+    from hepml_images.registry import credentials, registry_of  # noqa: PLC0415
+
+    engine = engine_factory()
+    image = engine.image(reference)
+    if image is None:
+        if "/" not in reference or ":" not in reference.rsplit("/", 1)[-1] + "@:":
+            raise UsageError(
+                f"no image {reference} in the engine",
+                hint="name a local image, or REGISTRY/REPOSITORY:TAG to verify a published one",
+            )
+        found = credentials(registry_of(reference))
+        auth = None if found is None else found.auth_config(registry_of(reference))
+        events.note(f"pulling {reference} …")
+        try:
+            pulled = engine.pull(reference, auth)
+        except EngineError as exc:
+            raise UsageError(f"cannot pull {reference}: {exc.message}") from None
+        image = engine.image(pulled)
+        if image is None:
+            raise UsageError(f"the pull of {reference} left no image")
+    variant = variant_from_labels(image.labels, reference, search=search)
+    backend = choose_backend(engine, builder, environ)
+    bundle = read_bundle(ca_bundle) if ca_bundle is not None else None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"verify-{variant.spec}-{variant.slug}.log"
+    events.note(f"rebuilding {variant.key} without cache ({backend.label}); log: {log_path}")
+    with contextlib.ExitStack() as stack:
+        ca_url = None
+        if bundle is not None:
+            ca_url = stack.enter_context(CaServer(bundle, bridge_gateway(engine))).url
+        log = stack.enter_context(log_path.open("w", encoding="utf-8", buffering=1))
+        return verifying.verify(
+            engine,
+            image,
+            variant,
+            reference=reference,
+            log=log,
+            progress=lambda step: print(f"# {step}", file=log),
+            backend=backend,
+            ca_url=ca_url,
+            keep=keep,
+        )

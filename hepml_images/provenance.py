@@ -101,6 +101,18 @@ def content_labels(
     return tuple(labels)
 
 
+#: The labels ``build_labels`` can set: the build's own, not the spec's (``verify`` passes
+#: exactly these of an image again).
+BUILD_LABEL_KEYS = (
+    f"{OCI}.created",
+    "io.hepml.tool.version",
+    f"{OCI}.revision",
+    f"{OCI}.source",
+    f"{OCI}.url",
+    f"{OCI}.base.digest",
+)
+
+
 def build_labels(
     where: Origin,
     *,

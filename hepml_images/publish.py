@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from hepml_images.engine import EngineError
-from hepml_images.errors import HepmlError, UsageError
+from hepml_images.errors import BuildError, HepmlError, UsageError
 from hepml_images.hashing import sha256_digest
 from hepml_images.registry import (
     REGISTRY_ENV,
@@ -37,9 +37,10 @@ from hepml_images.registry import (
     tag_action,
 )
 from hepml_images.smoke import session
+from hepml_images.times import parse_rfc3339
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from hepml_images.engine import Engine
     from hepml_images.resolve import ResolvedVariant
@@ -50,7 +51,6 @@ SMOKE_LABELS = (
     "io.hepml.smoke.result",
     "io.hepml.smoke.image",
     "io.hepml.smoke.checks",
-    "io.hepml.smoke.finished",
 )
 SIF_SUFFIX = "-sif"
 
@@ -111,26 +111,52 @@ def sif_references(variant: ResolvedVariant, registry: str | None) -> list[tuple
 def stamp(engine: Engine, variant: ResolvedVariant, image_id: str) -> str:
     """The image that is published: the tested one plus labels with its smoke-test result.
 
-    Only the configuration differs (no layer is added). It is made once per tested image and
+    Only the configuration differs (no layer is added), and it gets the canonical rewrite of
+    every build (``build.normalize``) at the image's own epoch, so the same tested image and
+    result give the same published image on every run: the labels hold the result and what was
+    tested, not when (the result store keeps the time). It is made once per tested image and
     kept as ``<content ref>-tested``, so publishing again pushes the same manifest.
     """
     ref = f"{variant.content_ref}-tested"
     found = engine.image(ref)
     if found is not None and found.labels.get("io.hepml.smoke.image") == image_id:
         return found.id
+    return stamped(engine, image_id, smoke_labels(image_id), ref)
+
+
+def smoke_labels(image_id: str) -> dict[str, str]:
+    """The labels that say what the smoke tests of ``image_id`` found (``SMOKE_LABELS``)."""
     result = session.load_result(image_id) or {}
     checks = result.get("checks", [])
     counts = {s: sum(1 for c in checks if c.get("status") == s) for s in ("passed", "skipped")}
-    labels = {
+    return {
         "io.hepml.smoke.result": "passed" if result.get("passed") else "failed",
         "io.hepml.smoke.image": image_id,
         "io.hepml.smoke.checks": f"{counts['passed']} passed, {counts['skipped']} skipped",
-        "io.hepml.smoke.finished": str(result.get("finished", "")),
     }
+
+
+def stamped(engine: Engine, image_id: str, labels: Mapping[str, str], ref: str) -> str:
+    """``image_id`` with ``labels`` added, canonical, tagged ``ref``; its ID."""
+    from hepml_images.build.normalize import normalize  # noqa: PLC0415 - publishing only
+
+    image = engine.image(image_id)
+    created = image.labels.get("org.opencontainers.image.created") if image else None
+    epoch = parse_rfc3339(created) if created else None
     try:
-        return engine.relabel(image_id, labels, ref)
-    except EngineError as exc:
-        raise RegistryError(f"labelling {variant.content_ref} failed: {exc.message}") from None
+        relabelled = engine.relabel(image_id, labels, ref)
+        if image is None or epoch is None:
+            return relabelled
+        return normalize(
+            engine,
+            relabelled,
+            parent_layers=len(image.layers),
+            epoch=epoch,
+            tag=ref,
+            progress=lambda _: None,
+        )
+    except (EngineError, BuildError) as exc:
+        raise RegistryError(f"labelling {ref} failed: {exc.message}") from None
 
 
 @dataclass

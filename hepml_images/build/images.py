@@ -129,6 +129,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
     no_cache: bool,
     ca_url: str | None,
     labels: Mapping[str, str] | None = None,
+    tag: str | None = None,
 ) -> str:
     """Bootstrap the root filesystem with mmdebstrap and load it as a reproducible image."""
     plan = variant.plan
@@ -171,7 +172,7 @@ def build_bootstrapped(  # noqa: PLR0913 - keyword-only build settings
         diff_id = "sha256:" + sha256_file(rootfs)
         config = image_config(plan, diff_id, epoch, " ".join(base.argv), labels)
         final_plan = plan
-        loaded_ref = variant.content_ref
+        loaded_ref = tag or variant.content_ref
         if plan.steps:  # pragma: no cover - the shipped bases have no steps of their own
             loaded_ref = variant.content_ref.replace(":", "-rootfs:", 1)
             final_plan = replace(plan, base=ir.FromImage(ref=loaded_ref))
@@ -229,6 +230,7 @@ def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
     labels: Mapping[str, str] | None = None,
     epoch: int | None = None,
     backend: Backend | None = None,
+    tag: str | None = None,
 ) -> str:
     """Build the rendered Dockerfile with the given backend (default: classic); the image ID.
 
@@ -241,7 +243,7 @@ def build_dockerfile(  # noqa: PLR0913 - keyword-only build settings
         build_args["SOURCE_DATE_EPOCH"] = str(epoch)
     request = BuildRequest(
         context=context_archive(plan, ca_bundle=ca_url is not None).getvalue(),
-        tag=variant.content_ref,
+        tag=tag or variant.content_ref,
         no_cache=no_cache,
         build_args=build_args,
         labels=dict(labels or {}),

@@ -12,8 +12,9 @@ engine and store:
   PAX ``mtime``; the PAX ``atime``/``ctime`` records are dropped); the order of the entries,
   their content, modes, owners, links and extended attributes are kept;
 - the configuration: only what describes the image (``architecture``, ``os``, ``variant``,
-  ``config`` without the builder's container fields, ``rootfs``, ``history``), with
-  ``created`` and every history time set to the epoch, as canonical JSON.
+  ``config`` without the builder's container fields, ``rootfs``, ``history`` without the
+  entries of LABEL steps and without where the CA bundle was served), with ``created`` and
+  every history time set to the epoch, as canonical JSON.
 
 The result is loaded as a ``docker save`` archive (``manifest.json`` and plain layer tars),
 which both stores read; its ID is then what the engine says (the config digest on overlay2,
@@ -185,6 +186,19 @@ def copy_layer(source: IO[bytes], target: IO[bytes]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def _is_label_step(entry: Mapping[str, Any]) -> bool:
+    """A history entry of a LABEL (no layer): the labels are the configuration's already.
+
+    Left out because how labels got there is not part of what the image is: the classic builder
+    writes one entry per ``--label`` and per relabelling, BuildKit none for ``--label``; an
+    image that inherits a label from its parent and one that sets it again are the same image.
+    """
+    if not entry.get("empty_layer"):
+        return False
+    step = str(entry.get("created_by", "")).removeprefix("/bin/sh -c #(nop) ").strip()
+    return step.startswith("LABEL ")
+
+
 def canonical_config(config: Mapping[str, Any], diff_ids: Sequence[str], epoch: int) -> bytes:
     """The image configuration that depends on nothing but the image: see the module doc."""
     created = rfc3339(epoch)
@@ -197,6 +211,8 @@ def canonical_config(config: Mapping[str, Any], diff_ids: Sequence[str], epoch: 
     document["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
     history = []
     for entry in config.get("history") or []:
+        if _is_label_step(entry):
+            continue
         kept = {k: entry[k] for k in ("created_by", "comment", "empty_layer") if k in entry}
         if "created_by" in kept:
             kept["created_by"] = _CA_IN_HISTORY.sub(r"\1", str(kept["created_by"]), count=1)

@@ -102,7 +102,7 @@ def test_the_config_keeps_what_describes_the_image_only() -> None:
         "container_config": {"Hostname": "0123abcd"},
         "history": [
             {"created": "2026-12-02T01:02:03Z", "created_by": "RUN x", "comment": "buildkit"},
-            {"created": "2026-12-02T01:02:04Z", "created_by": "LABEL a=b", "empty_layer": True},
+            {"created": "2026-12-02T01:02:04Z", "created_by": "ENV A=1", "empty_layer": True},
         ],
         "rootfs": {"type": "layers", "diff_ids": ["sha256:old"]},
     }
@@ -131,6 +131,18 @@ def test_where_the_ca_bundle_was_served_is_not_part_of_the_image() -> None:
     ] == ("/bin/sh -c apt-get x")
     other = canonical_config(history("RUN |1 OTHER=1 /bin/sh -c apt-get x"), [], EPOCH)
     assert other != plain
+
+
+def test_label_steps_leave_no_history() -> None:
+    """However the labels got there (a LABEL, --label, a relabelling), the same image."""
+    steps = [
+        {"created_by": "/bin/sh -c #(nop)  LABEL a=1", "empty_layer": True},
+        {"created_by": "LABEL b=2", "empty_layer": True, "comment": "buildkit.dockerfile.v0"},
+        {"created_by": "ENV C=3", "empty_layer": True},
+        {"created_by": "RUN /bin/sh -c true"},
+    ]
+    document = json.loads(canonical_config({"history": steps, "config": {}}, [], EPOCH))
+    assert [h["created_by"] for h in document["history"]] == ["ENV C=3", "RUN /bin/sh -c true"]
 
 
 def saved_archive(path: Path, layers: list[bytes], *, oci: bool) -> Path:
