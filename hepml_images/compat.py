@@ -111,8 +111,10 @@ class TensorflowConfig:
     ``tensorflow`` is the ``MAJOR.MINOR`` key, ``python`` the tested interpreter range as a
     specifier (tested 3.9 to 3.12 reads ``>=3.9,<3.13``), ``cuda`` and ``cudnn`` the
     ``MAJOR.MINOR`` versions TensorFlow was built and tested with, ``and_cuda_extra`` whether
-    ``tensorflow[and-cuda]`` (CUDA libraries from pip wheels) exists for the release, and
-    ``cpu_package`` the name of the CPU-only Linux wheel.
+    ``tensorflow[and-cuda]`` (CUDA libraries from pip wheels) exists for the release,
+    ``cpu_package`` the name of the CPU-only Linux wheel and ``patches`` the patch releases of
+    the series on PyPI when the table was checked (``(1, 2)``: 2.16.1 and 2.16.2; 2.16.0 was
+    never released).
     """
 
     tensorflow: str
@@ -121,6 +123,7 @@ class TensorflowConfig:
     cudnn: str
     and_cuda_extra: bool
     cpu_package: str
+    patches: tuple[int, ...]
 
 
 # PyPI metadata: tensorflow 2.13.1 declares no extras, 2.14.0 and every later release
@@ -128,7 +131,9 @@ class TensorflowConfig:
 _AND_CUDA_SINCE = Version("2.14")
 
 
-def _tf(version: str, python: tuple[str, str], *, cuda: str, cudnn: str) -> TensorflowConfig:
+def _tf(
+    version: str, python: tuple[str, str], *, cuda: str, cudnn: str, patches: range
+) -> TensorflowConfig:
     """Build one row of the table; ``python`` is the tested (first, last) interpreter."""
     first, last = python
     last_release = Version(last).release
@@ -141,27 +146,32 @@ def _tf(version: str, python: tuple[str, str], *, cuda: str, cudnn: str) -> Tens
         and_cuda_extra=Version(version) >= _AND_CUDA_SINCE,
         # tensorflow-cpu is on PyPI for every release 2.5 to 2.21 (checked with pip index).
         cpu_package="tensorflow-cpu",
+        patches=tuple(patches),
     )
 
 
-# tensorflow.org/install/source, "Tested build configurations", Linux, GPU.
+# tensorflow.org/install/source, "Tested build configurations", Linux, GPU (checked
+# 2026-12-02). ``patches``: the patch releases of each series that PyPI serves for both
+# tensorflow and tensorflow-cpu (`pip index versions` with --python-version 3.6 / 3.9 / 3.11,
+# checked 2026-12-02); 2.15.0.post1 is a post release of 2.15.0, and the 2.16 series starts at
+# 2.16.1 (2.16.0 was never published).
 _TENSORFLOW: tuple[TensorflowConfig, ...] = (
-    _tf("2.6", ("3.6", "3.9"), cuda="11.2", cudnn="8.1"),
-    _tf("2.7", ("3.7", "3.9"), cuda="11.2", cudnn="8.1"),
-    _tf("2.8", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.9", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.10", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.11", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.12", ("3.8", "3.11"), cuda="11.8", cudnn="8.6"),
-    _tf("2.13", ("3.8", "3.11"), cuda="11.8", cudnn="8.6"),
-    _tf("2.14", ("3.9", "3.11"), cuda="11.8", cudnn="8.7"),
-    _tf("2.15", ("3.9", "3.11"), cuda="12.2", cudnn="8.9"),
-    _tf("2.16", ("3.9", "3.12"), cuda="12.3", cudnn="8.9"),
-    _tf("2.17", ("3.9", "3.12"), cuda="12.3", cudnn="8.9"),
-    _tf("2.18", ("3.9", "3.12"), cuda="12.5", cudnn="9.3"),
-    _tf("2.19", ("3.9", "3.12"), cuda="12.5", cudnn="9.3"),
-    _tf("2.20", ("3.9", "3.13"), cuda="12.5", cudnn="9.3"),
-    _tf("2.21", ("3.10", "3.13"), cuda="12.5", cudnn="9.3"),
+    _tf("2.6", ("3.6", "3.9"), cuda="11.2", cudnn="8.1", patches=range(6)),
+    _tf("2.7", ("3.7", "3.9"), cuda="11.2", cudnn="8.1", patches=range(5)),
+    _tf("2.8", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(5)),
+    _tf("2.9", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(4)),
+    _tf("2.10", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(2)),
+    _tf("2.11", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(2)),
+    _tf("2.12", ("3.8", "3.11"), cuda="11.8", cudnn="8.6", patches=range(2)),
+    _tf("2.13", ("3.8", "3.11"), cuda="11.8", cudnn="8.6", patches=range(2)),
+    _tf("2.14", ("3.9", "3.11"), cuda="11.8", cudnn="8.7", patches=range(2)),
+    _tf("2.15", ("3.9", "3.11"), cuda="12.2", cudnn="8.9", patches=range(2)),
+    _tf("2.16", ("3.9", "3.12"), cuda="12.3", cudnn="8.9", patches=range(1, 3)),
+    _tf("2.17", ("3.9", "3.12"), cuda="12.3", cudnn="8.9", patches=range(2)),
+    _tf("2.18", ("3.9", "3.12"), cuda="12.5", cudnn="9.3", patches=range(2)),
+    _tf("2.19", ("3.9", "3.12"), cuda="12.5", cudnn="9.3", patches=range(2)),
+    _tf("2.20", ("3.9", "3.13"), cuda="12.5", cudnn="9.3", patches=range(1)),
+    _tf("2.21", ("3.10", "3.13"), cuda="12.5", cudnn="9.3", patches=range(1)),
 )
 
 
@@ -170,18 +180,68 @@ def known_tensorflow_versions() -> tuple[str, ...]:
     return tuple(sorted((row.tensorflow for row in _TENSORFLOW), key=_mm_version))
 
 
+def _released(row: TensorflowConfig) -> str:
+    return _join([f"{row.tensorflow}.{patch}" for patch in row.patches])
+
+
+def _check_patch(row: TensorflowConfig, version: str, release: tuple[int, ...]) -> None:
+    """Refuse a patch release the table knows was never published.
+
+    A patch below the first published one, or a gap between published ones, is an error; a
+    patch above the newest the table lists may have come out since it was checked, so it is let
+    through (pip then finds it or says that it does not exist).
+    """
+    if len(release) < _MAJOR_MINOR_PATCH:
+        return
+    patch = release[2]
+    if patch in row.patches or patch > max(row.patches):
+        return
+    first = f"{row.tensorflow}.{row.patches[0]}"
+    msg = f"TensorFlow {version} was never released"
+    if patch < row.patches[0]:
+        msg += f": the {row.tensorflow} series starts at {first}"
+    hint = (
+        f"released {row.tensorflow} versions: {_released(row)}; or write {row.tensorflow!r} "
+        f"for the newest {row.tensorflow}.x"
+    )
+    raise IncompatibleVersions(msg, hint=hint)
+
+
+def _not_in_table(version: str, key: str) -> IncompatibleVersions:
+    known = known_tensorflow_versions()
+    newest = Version(known[-1])
+    span = f"{known[0]}{_EN_DASH}{known[-1]}"
+    if Version(key) > newest:
+        msg = (
+            f"TensorFlow {version} is newer than the compatibility table, which knows "
+            f"TensorFlow {span}"
+        )
+        hint = (
+            f"use TensorFlow {known[-1]} (the newest the table knows), or add a {key} row to "
+            "_TENSORFLOW in hepml_images/compat.py with its Python range, CUDA and cuDNN from "
+            '"Tested build configurations" on https://www.tensorflow.org/install/source '
+            "(there is no switch to skip this check)"
+        )
+    else:
+        msg = f"TensorFlow {version} is not in the compatibility table (it knows TensorFlow {span})"
+        hint = f"known TensorFlow versions: {_join(known)}"
+    return IncompatibleVersions(msg, hint=hint)
+
+
 def tensorflow_config(version: str) -> TensorflowConfig:
     """Return the tested configuration of a TensorFlow release.
 
-    ``version`` may name the minor release (``"2.17"``) or a patch of it (``"2.17.1"``).
+    ``version`` may name the minor release (``"2.17"``) or a patch of it (``"2.17.1"``). A
+    version newer than the table, or a patch release that was never published (``"2.16.0"``),
+    is an error that says what to use instead.
     """
-    key = _major_minor(version, "TensorFlow")
+    release = _release(version, "TensorFlow")
+    key = f"{release[0]}.{release[1]}"
     for row in _TENSORFLOW:
         if row.tensorflow == key:
+            _check_patch(row, version, release)
             return row
-    msg = f"TensorFlow {version} is not in the compatibility table"
-    hint = f"known TensorFlow versions: {_join(known_tensorflow_versions())}"
-    raise IncompatibleVersions(msg, hint=hint)
+    raise _not_in_table(version, key)
 
 
 def _python_minors(spec: SpecifierSet) -> tuple[str, ...]:
@@ -305,9 +365,11 @@ class _ToolkitRelease:
 
 
 # NVIDIA CUDA Toolkit release notes, "CUDA Toolkit and Corresponding Driver Versions",
-# Linux x86_64 column. Update N of CUDA X.Y is release X.Y.N; CUDA 11.0 is numbered apart
-# (11.0.1 was the RC, 11.0.2 the GA). Releases the table does not list (such as 12.3.2) use
-# the newest listed release of the same minor that is not newer than them.
+# Linux x86_64 column (rows to 13.2 audited against it; 13.3 added 2026-12-02, see below).
+# Update N of CUDA X.Y is release X.Y.N; CUDA 11.0 is numbered apart (11.0.1 was the RC, 11.0.2
+# the GA), and so is CUDA 13.4 (13.4.0 was a developer preview, the GA is 13.4.1 and Update 1
+# is 13.4.2), so a 13.4 row must carry those numbers. Releases the table does not list (such
+# as 12.3.2) use the newest listed release of the same minor that is not newer than them.
 _TOOLKITS: tuple[_ToolkitRelease, ...] = (
     _ToolkitRelease("11.0.1", "RC", "450.36.06"),
     _ToolkitRelease("11.0.2", "GA", "450.51.05"),
@@ -362,6 +424,13 @@ _TOOLKITS: tuple[_ToolkitRelease, ...] = (
     _ToolkitRelease("13.2.0", "GA", "595.45.04"),
     _ToolkitRelease("13.2.1", "Update 1", "595.58.03"),
     _ToolkitRelease("13.2.2", "Update 2", "595.71.05"),
+    # CUDA 13.3 GA and Update 1: >= 610.43.02 both. The release-notes page itself could not be
+    # read here (2026-12-02); the rows agree with NVIDIA's installers, which name the driver
+    # they ship (cuda_13.3.0_610.43.02_linux.run, cuda-repo-*-13-3-local_13.3.1-610.43.02-1),
+    # and with meson's copy of NVIDIA's table (mesonbuild/modules/cuda.py). CUDA 13.4 is not
+    # here: its installers no longer name a driver and its row could not be checked.
+    _ToolkitRelease("13.3.0", "GA", "610.43.02"),
+    _ToolkitRelease("13.3.1", "Update 1", "610.43.02"),
 )
 
 
