@@ -37,9 +37,12 @@ __all__ = [
     "check_driver",
     "check_tensorflow",
     "distro_python",
+    "driver_cuda_version",
     "driver_requirement",
     "known_cuda_versions",
     "known_tensorflow_versions",
+    "nvidia_require_cuda",
+    "require_satisfied",
     "tensorflow_config",
 ]
 
@@ -573,6 +576,135 @@ def check_driver(driver: str, cuda: str) -> DriverCheck:
     else:
         message += f"; update the host NVIDIA driver or use an image built for CUDA {newest}"
     return DriverCheck(DriverVerdict.TOO_OLD, message)
+
+
+def driver_cuda_version(driver: str) -> str | None:
+    """Return the CUDA ``MAJOR.MINOR`` a host driver reports, as far as the table can tell.
+
+    That is the newest CUDA release whose GA driver it meets (``535.104.05`` -> ``"12.2"``); a
+    driver branch released without a toolkit reports one more (R565 reports 12.7, which the
+    table, having no 12.7, reads as 12.6). ``None`` for a driver older than every row.
+    """
+    return _newest_supported_cuda(_driver_key(driver))
+
+
+# --------------------------------------------------------------------------------------------
+# NVIDIA_REQUIRE_CUDA: what the NVIDIA container runtime checks before a GPU container starts
+# --------------------------------------------------------------------------------------------
+#
+# libnvidia-container (src/cli/dsl.c, configure.c) and the NVIDIA Container Toolkit's Go
+# re-implementation (internal/requirements) read the variable as terms separated by spaces,
+# any one of which is enough (OR), each made of conditions separated by commas that must all
+# hold (AND). A condition is PROPERTY OP VALUE with OP one of = != < <= > >=; the properties
+# are ``cuda`` (the CUDA version the host driver reports), ``driver`` (the driver version),
+# ``arch`` (compute capability) and ``brand`` (the GPU's NVML brand, compared as a
+# case-insensitive string). Versions compare numerically component by component, missing
+# components counting as 0. libnvidia-container checks the expression for every visible GPU
+# and refuses the container when one of them fails it.
+#
+# NVIDIA's own CUDA images (gitlab.com/nvidia/container-images/cuda; e.g. nvidia/cuda
+# 12.5.1 and 12.8.1) write ``cuda>=12.8`` followed by ``brand=B,driver>=N,driver<N+1`` for
+# older driver branches (470, 535, 550, 560, 565 for 12.8) and for twelve brands (unknown,
+# grid, tesla, nvidia, quadro, quadrortx, nvidiartx, vapps, vpc, vcs, vws, cloudgaming): those
+# images ship the cuda-compat package, and the branch terms admit the hosts that forward
+# compatibility or minor-version compatibility lets run them. Our images do not ship
+# cuda-compat, and the driver preflight (check_driver) accepts a host by its driver version
+# alone: the minor-version-compatibility floor of the CUDA major, for every GPU brand. So the
+# rendered constraint says exactly that, with one brand-free driver term, instead of a term per
+# branch and brand (which would refuse GeForce/Titan and any brand not listed, and every
+# branch not listed, such as R565, which has no toolkit of its own):
+#
+#     cuda>=12.5 driver>=525.60.13
+#
+# Where the major has no lower floor than the release's own driver (CUDA 11.0, 12.0), the one
+# term is ``cuda>=12.0,driver>=525.60.13``: a pre-release driver of the branch already reports
+# that CUDA but is older than NVIDIA's minimum, which the preflight refuses.
+#
+# ``cuda>=X`` comes first because libnvidia-container quotes the first term when it refuses a
+# container, as the unsatisfied condition, and then asks for a newer driver. Driver
+# versions are written without leading zeros (450.80.2, not 450.80.02): the Go implementation
+# validates every value as a semantic version and rejects 02.
+
+
+def _plain_version(driver: str) -> str:
+    """Return a driver version without leading zeros in its components (``450.80.2``)."""
+    return ".".join(str(int(part)) for part in driver.strip().split("."))
+
+
+def nvidia_require_cuda(cuda: str) -> str:
+    """Return the ``NVIDIA_REQUIRE_CUDA`` value for an image built for ``cuda``.
+
+    The NVIDIA container runtime accepts a host with it exactly when :func:`check_driver`
+    does not say the driver is too old: when the driver reports at least this CUDA minor, or
+    the driver is at least the minor-version-compatibility floor of the CUDA major (the
+    toolkit's own driver where there is no lower floor, as for CUDA 11.0).
+    """
+    need = driver_requirement(cuda)
+    release = Version(need.cuda).release
+    wanted = f"cuda>={release[0]}.{release[1]}"
+    if need.minor_compat_driver is None:
+        # CUDA 11.0 and 12.0: a pre-release driver of the branch (the 11.0 RC's 450.36.06, a
+        # 525 beta) already reports this CUDA but is older than what NVIDIA requires for it
+        return f"{wanted},driver>={_plain_version(need.toolkit_driver)}"
+    return f"{wanted} driver>={_plain_version(need.minor_compat_driver)}"
+
+
+def _compare_versions(have: str, op: str, want: str) -> bool:
+    left = [int(part) for part in have.split(".")]
+    right = [int(part) for part in want.split(".")]
+    width = max(len(left), len(right))
+    a = tuple(left + [0] * (width - len(left)))
+    b = tuple(right + [0] * (width - len(right)))
+    results = {"=": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}
+    return results[op]
+
+
+def _condition(text: str, host: dict[str, str | None]) -> bool:
+    match = re.fullmatch(r"([a-z]+)(<=|>=|!=|<|>|=)([A-Za-z0-9.]+)", text)
+    if match is None or match.group(1) not in host:
+        msg = f"invalid NVIDIA requirement condition {text!r}"
+        raise ValueError(msg)
+    name, op, want = match.groups()
+    have = host[name]
+    if have is None:
+        return True  # libnvidia-container: a property it cannot read does not refuse
+    if name == "brand":
+        if op not in {"=", "!="}:
+            msg = f"invalid NVIDIA requirement condition {text!r}: brands compare with = or !="
+            raise ValueError(msg)
+        return (have.lower() == want.lower()) == (op == "=")
+    if not _DRIVER_PATTERN.fullmatch(want):
+        msg = f"invalid NVIDIA requirement condition {text!r}: {want!r} is not a version"
+        raise ValueError(msg)
+    return _compare_versions(have, op, want)
+
+
+def require_satisfied(
+    requirement: str,
+    *,
+    driver: str,
+    cuda: str | None,
+    brand: str | None = None,
+    arch: str | None = None,
+) -> bool:
+    """Evaluate an ``NVIDIA_REQUIRE_*`` value for one GPU the way the NVIDIA runtime does.
+
+    ``driver`` is the host driver version, ``cuda`` the CUDA version it reports (see
+    :func:`driver_cuda_version`), ``brand`` the GPU's NVML brand (``tesla``, ``geforce`` ...)
+    and ``arch`` its compute capability; a property given as ``None`` holds, as it does in
+    libnvidia-container when it cannot read it. Terms separated by spaces are alternatives,
+    conditions separated by commas within a term must all hold; an empty requirement holds.
+    Raises ``ValueError`` for a condition libnvidia-container would reject as invalid.
+    """
+    host: dict[str, str | None] = {"cuda": cuda, "driver": driver, "brand": brand, "arch": arch}
+    terms = [term for term in requirement.split(" ") if term]
+    if not terms:
+        return True
+    for term in terms:
+        conditions = [condition for condition in term.split(",") if condition]
+        if all(_condition(condition, host) for condition in conditions):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------
