@@ -16,6 +16,12 @@ Sources the tables were taken from (re-check them when a new release appears):
   https://docs.nvidia.com/deploy/cuda-compatibility/.
 * Distribution Pythons: packages.debian.org and packages.ubuntu.com (package ``python3``), and
   Red Hat's "Installing and using dynamic programming languages" guide for RHEL 9.
+* ``NVIDIA_REQUIRE_CUDA``: libnvidia-container's evaluator (``src/cli/dsl.c``, rules in
+  ``src/cli/configure.c``), the NVIDIA Container Toolkit's Go one (``internal/requirements``)
+  and the values NVIDIA's CUDA images set (gitlab.com/nvidia/container-images/cuda), read
+  2026-12-02; see the section below.
+
+TensorFlow patch releases and the CUDA 13.3 rows were checked on 2026-12-02 (see each table).
 """
 
 from __future__ import annotations
