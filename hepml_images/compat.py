@@ -16,6 +16,12 @@ Sources the tables were taken from (re-check them when a new release appears):
   https://docs.nvidia.com/deploy/cuda-compatibility/.
 * Distribution Pythons: packages.debian.org and packages.ubuntu.com (package ``python3``), and
   Red Hat's "Installing and using dynamic programming languages" guide for RHEL 9.
+* ``NVIDIA_REQUIRE_CUDA``: libnvidia-container's evaluator (``src/cli/dsl.c``, rules in
+  ``src/cli/configure.c``), the NVIDIA Container Toolkit's Go one (``internal/requirements``)
+  and the values NVIDIA's CUDA images set (gitlab.com/nvidia/container-images/cuda), read
+  2026-12-02; see the section below.
+
+TensorFlow patch releases and the CUDA 13.3 rows were checked on 2026-12-02 (see each table).
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ __all__ = [
     "check_driver",
     "check_tensorflow",
     "distro_python",
+    "driver_cuda_version",
     "driver_requirement",
     "known_cuda_versions",
     "known_tensorflow_versions",
+    "nvidia_require_cuda",
+    "require_satisfied",
     "tensorflow_config",
 ]
 
@@ -111,8 +120,10 @@ class TensorflowConfig:
     ``tensorflow`` is the ``MAJOR.MINOR`` key, ``python`` the tested interpreter range as a
     specifier (tested 3.9 to 3.12 reads ``>=3.9,<3.13``), ``cuda`` and ``cudnn`` the
     ``MAJOR.MINOR`` versions TensorFlow was built and tested with, ``and_cuda_extra`` whether
-    ``tensorflow[and-cuda]`` (CUDA libraries from pip wheels) exists for the release, and
-    ``cpu_package`` the name of the CPU-only Linux wheel.
+    ``tensorflow[and-cuda]`` (CUDA libraries from pip wheels) exists for the release,
+    ``cpu_package`` the name of the CPU-only Linux wheel and ``patches`` the patch releases of
+    the series on PyPI when the table was checked (``(1, 2)``: 2.16.1 and 2.16.2; 2.16.0 was
+    never released).
     """
 
     tensorflow: str
@@ -121,6 +132,7 @@ class TensorflowConfig:
     cudnn: str
     and_cuda_extra: bool
     cpu_package: str
+    patches: tuple[int, ...]
 
 
 # PyPI metadata: tensorflow 2.13.1 declares no extras, 2.14.0 and every later release
@@ -128,7 +140,9 @@ class TensorflowConfig:
 _AND_CUDA_SINCE = Version("2.14")
 
 
-def _tf(version: str, python: tuple[str, str], *, cuda: str, cudnn: str) -> TensorflowConfig:
+def _tf(
+    version: str, python: tuple[str, str], *, cuda: str, cudnn: str, patches: range
+) -> TensorflowConfig:
     """Build one row of the table; ``python`` is the tested (first, last) interpreter."""
     first, last = python
     last_release = Version(last).release
@@ -141,27 +155,32 @@ def _tf(version: str, python: tuple[str, str], *, cuda: str, cudnn: str) -> Tens
         and_cuda_extra=Version(version) >= _AND_CUDA_SINCE,
         # tensorflow-cpu is on PyPI for every release 2.5 to 2.21 (checked with pip index).
         cpu_package="tensorflow-cpu",
+        patches=tuple(patches),
     )
 
 
-# tensorflow.org/install/source, "Tested build configurations", Linux, GPU.
+# tensorflow.org/install/source, "Tested build configurations", Linux, GPU (checked
+# 2026-12-02). ``patches``: the patch releases of each series that PyPI serves for both
+# tensorflow and tensorflow-cpu (`pip index versions` with --python-version 3.6 / 3.9 / 3.11,
+# checked 2026-12-02); 2.15.0.post1 is a post release of 2.15.0, and the 2.16 series starts at
+# 2.16.1 (2.16.0 was never published).
 _TENSORFLOW: tuple[TensorflowConfig, ...] = (
-    _tf("2.6", ("3.6", "3.9"), cuda="11.2", cudnn="8.1"),
-    _tf("2.7", ("3.7", "3.9"), cuda="11.2", cudnn="8.1"),
-    _tf("2.8", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.9", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.10", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.11", ("3.7", "3.10"), cuda="11.2", cudnn="8.1"),
-    _tf("2.12", ("3.8", "3.11"), cuda="11.8", cudnn="8.6"),
-    _tf("2.13", ("3.8", "3.11"), cuda="11.8", cudnn="8.6"),
-    _tf("2.14", ("3.9", "3.11"), cuda="11.8", cudnn="8.7"),
-    _tf("2.15", ("3.9", "3.11"), cuda="12.2", cudnn="8.9"),
-    _tf("2.16", ("3.9", "3.12"), cuda="12.3", cudnn="8.9"),
-    _tf("2.17", ("3.9", "3.12"), cuda="12.3", cudnn="8.9"),
-    _tf("2.18", ("3.9", "3.12"), cuda="12.5", cudnn="9.3"),
-    _tf("2.19", ("3.9", "3.12"), cuda="12.5", cudnn="9.3"),
-    _tf("2.20", ("3.9", "3.13"), cuda="12.5", cudnn="9.3"),
-    _tf("2.21", ("3.10", "3.13"), cuda="12.5", cudnn="9.3"),
+    _tf("2.6", ("3.6", "3.9"), cuda="11.2", cudnn="8.1", patches=range(6)),
+    _tf("2.7", ("3.7", "3.9"), cuda="11.2", cudnn="8.1", patches=range(5)),
+    _tf("2.8", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(5)),
+    _tf("2.9", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(4)),
+    _tf("2.10", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(2)),
+    _tf("2.11", ("3.7", "3.10"), cuda="11.2", cudnn="8.1", patches=range(2)),
+    _tf("2.12", ("3.8", "3.11"), cuda="11.8", cudnn="8.6", patches=range(2)),
+    _tf("2.13", ("3.8", "3.11"), cuda="11.8", cudnn="8.6", patches=range(2)),
+    _tf("2.14", ("3.9", "3.11"), cuda="11.8", cudnn="8.7", patches=range(2)),
+    _tf("2.15", ("3.9", "3.11"), cuda="12.2", cudnn="8.9", patches=range(2)),
+    _tf("2.16", ("3.9", "3.12"), cuda="12.3", cudnn="8.9", patches=range(1, 3)),
+    _tf("2.17", ("3.9", "3.12"), cuda="12.3", cudnn="8.9", patches=range(2)),
+    _tf("2.18", ("3.9", "3.12"), cuda="12.5", cudnn="9.3", patches=range(2)),
+    _tf("2.19", ("3.9", "3.12"), cuda="12.5", cudnn="9.3", patches=range(2)),
+    _tf("2.20", ("3.9", "3.13"), cuda="12.5", cudnn="9.3", patches=range(1)),
+    _tf("2.21", ("3.10", "3.13"), cuda="12.5", cudnn="9.3", patches=range(1)),
 )
 
 
@@ -170,18 +189,68 @@ def known_tensorflow_versions() -> tuple[str, ...]:
     return tuple(sorted((row.tensorflow for row in _TENSORFLOW), key=_mm_version))
 
 
+def _released(row: TensorflowConfig) -> str:
+    return _join([f"{row.tensorflow}.{patch}" for patch in row.patches])
+
+
+def _check_patch(row: TensorflowConfig, version: str, release: tuple[int, ...]) -> None:
+    """Refuse a patch release the table knows was never published.
+
+    A patch below the first published one, or a gap between published ones, is an error; a
+    patch above the newest the table lists may have come out since it was checked, so it is let
+    through (pip then finds it or says that it does not exist).
+    """
+    if len(release) < _MAJOR_MINOR_PATCH:
+        return
+    patch = release[2]
+    if patch in row.patches or patch > max(row.patches):
+        return
+    first = f"{row.tensorflow}.{row.patches[0]}"
+    msg = f"TensorFlow {version} was never released"
+    if patch < row.patches[0]:
+        msg += f": the {row.tensorflow} series starts at {first}"
+    hint = (
+        f"released {row.tensorflow} versions: {_released(row)}; or write {row.tensorflow!r} "
+        f"for the newest {row.tensorflow}.x"
+    )
+    raise IncompatibleVersions(msg, hint=hint)
+
+
+def _not_in_table(version: str, key: str) -> IncompatibleVersions:
+    known = known_tensorflow_versions()
+    newest = Version(known[-1])
+    span = f"{known[0]}{_EN_DASH}{known[-1]}"
+    if Version(key) > newest:
+        msg = (
+            f"TensorFlow {version} is newer than the compatibility table, which knows "
+            f"TensorFlow {span}"
+        )
+        hint = (
+            f"use TensorFlow {known[-1]} (the newest the table knows), or add a {key} row to "
+            "_TENSORFLOW in hepml_images/compat.py with its Python range, CUDA and cuDNN from "
+            '"Tested build configurations" on https://www.tensorflow.org/install/source '
+            "(there is no switch to skip this check)"
+        )
+    else:
+        msg = f"TensorFlow {version} is not in the compatibility table (it knows TensorFlow {span})"
+        hint = f"known TensorFlow versions: {_join(known)}"
+    return IncompatibleVersions(msg, hint=hint)
+
+
 def tensorflow_config(version: str) -> TensorflowConfig:
     """Return the tested configuration of a TensorFlow release.
 
-    ``version`` may name the minor release (``"2.17"``) or a patch of it (``"2.17.1"``).
+    ``version`` may name the minor release (``"2.17"``) or a patch of it (``"2.17.1"``). A
+    version newer than the table, or a patch release that was never published (``"2.16.0"``),
+    is an error that says what to use instead.
     """
-    key = _major_minor(version, "TensorFlow")
+    release = _release(version, "TensorFlow")
+    key = f"{release[0]}.{release[1]}"
     for row in _TENSORFLOW:
         if row.tensorflow == key:
+            _check_patch(row, version, release)
             return row
-    msg = f"TensorFlow {version} is not in the compatibility table"
-    hint = f"known TensorFlow versions: {_join(known_tensorflow_versions())}"
-    raise IncompatibleVersions(msg, hint=hint)
+    raise _not_in_table(version, key)
 
 
 def _python_minors(spec: SpecifierSet) -> tuple[str, ...]:
@@ -305,9 +374,11 @@ class _ToolkitRelease:
 
 
 # NVIDIA CUDA Toolkit release notes, "CUDA Toolkit and Corresponding Driver Versions",
-# Linux x86_64 column. Update N of CUDA X.Y is release X.Y.N; CUDA 11.0 is numbered apart
-# (11.0.1 was the RC, 11.0.2 the GA). Releases the table does not list (such as 12.3.2) use
-# the newest listed release of the same minor that is not newer than them.
+# Linux x86_64 column (rows to 13.2 audited against it; 13.3 added 2026-12-02, see below).
+# Update N of CUDA X.Y is release X.Y.N; CUDA 11.0 is numbered apart (11.0.1 was the RC, 11.0.2
+# the GA), and so is CUDA 13.4 (13.4.0 was a developer preview, the GA is 13.4.1 and Update 1
+# is 13.4.2), so a 13.4 row must carry those numbers. Releases the table does not list (such
+# as 12.3.2) use the newest listed release of the same minor that is not newer than them.
 _TOOLKITS: tuple[_ToolkitRelease, ...] = (
     _ToolkitRelease("11.0.1", "RC", "450.36.06"),
     _ToolkitRelease("11.0.2", "GA", "450.51.05"),
@@ -362,6 +433,13 @@ _TOOLKITS: tuple[_ToolkitRelease, ...] = (
     _ToolkitRelease("13.2.0", "GA", "595.45.04"),
     _ToolkitRelease("13.2.1", "Update 1", "595.58.03"),
     _ToolkitRelease("13.2.2", "Update 2", "595.71.05"),
+    # CUDA 13.3 GA and Update 1: >= 610.43.02 both. The release-notes page itself could not be
+    # read here (2026-12-02); the rows agree with NVIDIA's installers, which name the driver
+    # they ship (cuda_13.3.0_610.43.02_linux.run, cuda-repo-*-13-3-local_13.3.1-610.43.02-1),
+    # and with meson's copy of NVIDIA's table (mesonbuild/modules/cuda.py). CUDA 13.4 is not
+    # here: its installers no longer name a driver and its row could not be checked.
+    _ToolkitRelease("13.3.0", "GA", "610.43.02"),
+    _ToolkitRelease("13.3.1", "Update 1", "610.43.02"),
 )
 
 
@@ -504,6 +582,135 @@ def check_driver(driver: str, cuda: str) -> DriverCheck:
     else:
         message += f"; update the host NVIDIA driver or use an image built for CUDA {newest}"
     return DriverCheck(DriverVerdict.TOO_OLD, message)
+
+
+def driver_cuda_version(driver: str) -> str | None:
+    """Return the CUDA ``MAJOR.MINOR`` a host driver reports, as far as the table can tell.
+
+    That is the newest CUDA release whose GA driver it meets (``535.104.05`` -> ``"12.2"``); a
+    driver branch released without a toolkit reports one more (R565 reports 12.7, which the
+    table, having no 12.7, reads as 12.6). ``None`` for a driver older than every row.
+    """
+    return _newest_supported_cuda(_driver_key(driver))
+
+
+# --------------------------------------------------------------------------------------------
+# NVIDIA_REQUIRE_CUDA: what the NVIDIA container runtime checks before a GPU container starts
+# --------------------------------------------------------------------------------------------
+#
+# libnvidia-container (src/cli/dsl.c, configure.c) and the NVIDIA Container Toolkit's Go
+# re-implementation (internal/requirements) read the variable as terms separated by spaces,
+# any one of which is enough (OR), each made of conditions separated by commas that must all
+# hold (AND). A condition is PROPERTY OP VALUE with OP one of = != < <= > >=; the properties
+# are ``cuda`` (the CUDA version the host driver reports), ``driver`` (the driver version),
+# ``arch`` (compute capability) and ``brand`` (the GPU's NVML brand, compared as a
+# case-insensitive string). Versions compare numerically component by component, missing
+# components counting as 0. libnvidia-container checks the expression for every visible GPU
+# and refuses the container when one of them fails it.
+#
+# NVIDIA's own CUDA images (gitlab.com/nvidia/container-images/cuda; e.g. nvidia/cuda
+# 12.5.1 and 12.8.1) write ``cuda>=12.8`` followed by ``brand=B,driver>=N,driver<N+1`` for
+# older driver branches (470, 535, 550, 560, 565 for 12.8) and for twelve brands (unknown,
+# grid, tesla, nvidia, quadro, quadrortx, nvidiartx, vapps, vpc, vcs, vws, cloudgaming): those
+# images ship the cuda-compat package, and the branch terms admit the hosts that forward
+# compatibility or minor-version compatibility lets run them. Our images do not ship
+# cuda-compat, and the driver preflight (check_driver) accepts a host by its driver version
+# alone: the minor-version-compatibility floor of the CUDA major, for every GPU brand. So the
+# rendered constraint says exactly that, with one brand-free driver term, instead of a term per
+# branch and brand (which would refuse GeForce/Titan and any brand not listed, and every
+# branch not listed, such as R565, which has no toolkit of its own):
+#
+#     cuda>=12.5 driver>=525.60.13
+#
+# Where the major has no lower floor than the release's own driver (CUDA 11.0, 12.0), the one
+# term is ``cuda>=12.0,driver>=525.60.13``: a pre-release driver of the branch already reports
+# that CUDA but is older than NVIDIA's minimum, which the preflight refuses.
+#
+# ``cuda>=X`` comes first because libnvidia-container quotes the first term when it refuses a
+# container, as the unsatisfied condition, and then asks for a newer driver. Driver
+# versions are written without leading zeros (450.80.2, not 450.80.02): the Go implementation
+# validates every value as a semantic version and rejects 02.
+
+
+def _plain_version(driver: str) -> str:
+    """Return a driver version without leading zeros in its components (``450.80.2``)."""
+    return ".".join(str(int(part)) for part in driver.strip().split("."))
+
+
+def nvidia_require_cuda(cuda: str) -> str:
+    """Return the ``NVIDIA_REQUIRE_CUDA`` value for an image built for ``cuda``.
+
+    The NVIDIA container runtime accepts a host with it exactly when :func:`check_driver`
+    does not say the driver is too old: when the driver reports at least this CUDA minor, or
+    the driver is at least the minor-version-compatibility floor of the CUDA major (the
+    toolkit's own driver where there is no lower floor, as for CUDA 11.0).
+    """
+    need = driver_requirement(cuda)
+    release = Version(need.cuda).release
+    wanted = f"cuda>={release[0]}.{release[1]}"
+    if need.minor_compat_driver is None:
+        # CUDA 11.0 and 12.0: a pre-release driver of the branch (the 11.0 RC's 450.36.06, a
+        # 525 beta) already reports this CUDA but is older than what NVIDIA requires for it
+        return f"{wanted},driver>={_plain_version(need.toolkit_driver)}"
+    return f"{wanted} driver>={_plain_version(need.minor_compat_driver)}"
+
+
+def _compare_versions(have: str, op: str, want: str) -> bool:
+    left = [int(part) for part in have.split(".")]
+    right = [int(part) for part in want.split(".")]
+    width = max(len(left), len(right))
+    a = tuple(left + [0] * (width - len(left)))
+    b = tuple(right + [0] * (width - len(right)))
+    results = {"=": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}
+    return results[op]
+
+
+def _condition(text: str, host: dict[str, str | None]) -> bool:
+    match = re.fullmatch(r"([a-z]+)(<=|>=|!=|<|>|=)([A-Za-z0-9.]+)", text)
+    if match is None or match.group(1) not in host:
+        msg = f"invalid NVIDIA requirement condition {text!r}"
+        raise ValueError(msg)
+    name, op, want = match.groups()
+    have = host[name]
+    if have is None:
+        return True  # libnvidia-container: a property it cannot read does not refuse
+    if name == "brand":
+        if op not in {"=", "!="}:
+            msg = f"invalid NVIDIA requirement condition {text!r}: brands compare with = or !="
+            raise ValueError(msg)
+        return (have.lower() == want.lower()) == (op == "=")
+    if not _DRIVER_PATTERN.fullmatch(want):
+        msg = f"invalid NVIDIA requirement condition {text!r}: {want!r} is not a version"
+        raise ValueError(msg)
+    return _compare_versions(have, op, want)
+
+
+def require_satisfied(
+    requirement: str,
+    *,
+    driver: str,
+    cuda: str | None,
+    brand: str | None = None,
+    arch: str | None = None,
+) -> bool:
+    """Evaluate an ``NVIDIA_REQUIRE_*`` value for one GPU the way the NVIDIA runtime does.
+
+    ``driver`` is the host driver version, ``cuda`` the CUDA version it reports (see
+    :func:`driver_cuda_version`), ``brand`` the GPU's NVML brand (``tesla``, ``geforce`` ...)
+    and ``arch`` its compute capability; a property given as ``None`` holds, as it does in
+    libnvidia-container when it cannot read it. Terms separated by spaces are alternatives,
+    conditions separated by commas within a term must all hold; an empty requirement holds.
+    Raises ``ValueError`` for a condition libnvidia-container would reject as invalid.
+    """
+    host: dict[str, str | None] = {"cuda": cuda, "driver": driver, "brand": brand, "arch": arch}
+    terms = [term for term in requirement.split(" ") if term]
+    if not terms:
+        return True
+    for term in terms:
+        conditions = [condition for condition in term.split(",") if condition]
+        if all(_condition(condition, host) for condition in conditions):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from hepml_images import ir
+from hepml_images import compat, ir
 from hepml_images.components import packages
 
 if TYPE_CHECKING:
@@ -221,11 +221,13 @@ def plan(
         cuda_version = tensorflow.cuda
     if cuda_version is not None:
         # The NVIDIA container runtime reads these; NVIDIA_REQUIRE_CUDA makes it refuse a
-        # host driver that is too old for this CUDA before the container starts.
+        # host driver that is too old for this CUDA before the container starts, and admits
+        # exactly the drivers the smoke tests' driver preflight admits (minor-version
+        # compatibility included; resolve has checked that the CUDA version is in the table).
         out.set_env(
             ("NVIDIA_VISIBLE_DEVICES", "all"),
             ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"),
-            ("NVIDIA_REQUIRE_CUDA", f"cuda>={cuda_version}"),
+            ("NVIDIA_REQUIRE_CUDA", compat.nvidia_require_cuda(cuda_version)),
         )
 
     wrapper = parent.wrapper

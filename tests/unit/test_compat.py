@@ -59,6 +59,7 @@ def test_tensorflow_2_17_wants_cuda_12_3_and_cudnn_8_9() -> None:
         cudnn="8.9",
         and_cuda_extra=True,
         cpu_package="tensorflow-cpu",
+        patches=(0, 1),
     )
 
 
@@ -85,7 +86,7 @@ def test_tensorflow_config_accepts_post_releases() -> None:
     assert tensorflow_config("2.15.0.post1").cuda == "12.2"
 
 
-@pytest.mark.parametrize("version", ["2.5", "3.0", "1.15.5"])
+@pytest.mark.parametrize("version", ["2.5", "1.15.5"])
 def test_unknown_tensorflow_names_the_known_versions(version: str) -> None:
     with pytest.raises(IncompatibleVersions) as caught:
         tensorflow_config(version)
@@ -93,6 +94,63 @@ def test_unknown_tensorflow_names_the_known_versions(version: str) -> None:
     assert caught.value.hint is not None
     assert "2.6" in caught.value.hint
     assert "2.21" in caught.value.hint
+
+
+@pytest.mark.parametrize("version", ["2.22", "2.22.0", "3.0"])
+def test_tensorflow_newer_than_the_table_says_how_to_proceed(version: str) -> None:
+    with pytest.raises(IncompatibleVersions) as caught:
+        tensorflow_config(version)
+    error = caught.value
+    assert error.message == (
+        f"TensorFlow {version} is newer than the compatibility table, which knows "
+        "TensorFlow 2.6\u20132.21"
+    )
+    assert error.hint is not None
+    assert error.hint.startswith("use TensorFlow 2.21 (the newest the table knows), or add a ")
+    assert "_TENSORFLOW in hepml_images/compat.py" in error.hint
+    assert "https://www.tensorflow.org/install/source" in error.hint
+
+
+def test_tensorflow_2_16_0_was_never_released() -> None:
+    with pytest.raises(IncompatibleVersions) as caught:
+        tensorflow_config("2.16.0")
+    error = caught.value
+    assert error.message == "TensorFlow 2.16.0 was never released: the 2.16 series starts at 2.16.1"
+    assert (
+        error.hint
+        == "released 2.16 versions: 2.16.1, 2.16.2; or write '2.16' for the newest 2.16.x"
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "row"),
+    [
+        ("2.16", "2.16"),
+        ("2.16.1", "2.16"),
+        ("2.16.2", "2.16"),
+        ("2.16.3", "2.16"),
+        ("2.21.1", "2.21"),
+    ],
+)
+def test_released_or_possibly_newer_patches_are_accepted(version: str, row: str) -> None:
+    # a patch above the newest one listed may have come out since the table was checked
+    assert tensorflow_config(version).tensorflow == row
+
+
+def test_every_row_lists_its_published_patch_releases() -> None:
+    for version in known_tensorflow_versions():
+        row = tensorflow_config(version)
+        assert row.patches, version
+        assert list(row.patches) == sorted(set(row.patches))
+        for patch in row.patches:
+            assert tensorflow_config(f"{version}.{patch}") is row
+    assert tensorflow_config("2.16").patches == (1, 2)
+    assert tensorflow_config("2.6").patches == (0, 1, 2, 3, 4, 5)
+
+
+def test_every_tested_cuda_is_in_the_driver_table() -> None:
+    for version in known_tensorflow_versions():
+        assert tensorflow_config(version).cuda in known_cuda_versions()
 
 
 @pytest.mark.parametrize("version", ["2", "two", ""])
@@ -223,6 +281,7 @@ def test_cuda_and_cudnn_are_optional() -> None:
         ("12.9", "575.51.03", "525.60.13"),
         ("13.0", "580.65.06", "580"),
         ("13.2", "595.45.04", "580"),
+        ("13.3", "610.43.02", "580"),
     ],
 )
 def test_driver_requirement_for_ga_releases(
@@ -243,6 +302,7 @@ def test_driver_requirement_for_ga_releases(
         ("12.8.1", "570.124.06"),
         ("13.0.2", "580.95.05"),
         ("11.4.4", "470.82.01"),
+        ("13.3.1", "610.43.02"),
     ],
 )
 def test_driver_requirement_for_update_releases(cuda: str, toolkit: str) -> None:
@@ -275,7 +335,8 @@ def test_malformed_cuda_version_is_a_clear_error(cuda: str) -> None:
 def test_known_cuda_versions() -> None:
     versions = known_cuda_versions()
     assert versions[0] == "11.0"
-    assert versions[-1] == "13.2"
+    assert versions[-1] == "13.3"
+    assert "13.4" not in versions  # not checked against NVIDIA's table yet
     assert "12.7" not in versions
     assert list(versions) == sorted(versions, key=lambda v: tuple(map(int, v.split("."))))
     assert {"11.8", "12.3", "12.9", "13.0"} <= set(versions)

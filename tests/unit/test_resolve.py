@@ -118,7 +118,7 @@ def test_tensorflow_cuda_versions_come_from_the_tested_configuration(tmp_path: P
     (cuda,) = variants
     assert cuda.version_map["cuda"] == "12.5"
     assert cuda.version_map["cudnn"] == "9.3"
-    assert ("NVIDIA_REQUIRE_CUDA", "cuda>=12.5") in cuda.handover.env
+    assert ("NVIDIA_REQUIRE_CUDA", "cuda>=12.5 driver>=525.60.13") in cuda.handover.env
 
 
 def test_select_rejects_unknown_key_with_suggestion(tmp_path: Path) -> None:
