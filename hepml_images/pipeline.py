@@ -814,6 +814,11 @@ def run_build(
     names, chosen = selection(request.specs, request.variant)
     trace = spec_load.Trace()
     resolution = resolve_specs(names, chosen, trace=trace)
+    for variant in resolution.variants:  # a user's spec without a lock: unpinned, and said so
+        if variant.lock_note is not None and (
+            variant.lock_inputs.requirements or variant.lock_inputs.os_packages
+        ):
+            events.note(variant.lock_note)
     if request.remember:
         remember(request, resolution, trace)
     engine = engine_factory()
