@@ -359,7 +359,9 @@ def stale(lock: Lock, inputs: Inputs) -> list[str]:
     return changes
 
 
-def requirements_text(lock: Lock, *, skip: Mapping[str, str] | None = None) -> bytes:
+def requirements_text(
+    lock: Lock, *, skip: Mapping[str, str] | None = None, source: str | None = None
+) -> bytes:
     """A hash-locked requirements file of the lock's packages (``pip --require-hashes``).
 
     ``skip``: normalized name → version already installed (the parent's lock); those are left
@@ -368,7 +370,7 @@ def requirements_text(lock: Lock, *, skip: Mapping[str, str] | None = None) -> b
     skip = skip or {}
     lines = [
         (
-            f"# hash-locked from {lock_name(lock.variant)} ({lock.spec}); installed with"
+            f"# hash-locked from {source or lock_name(lock.variant)} ({lock.spec}); installed with"
             " --no-deps --require-hashes"
         )
     ]

@@ -304,7 +304,18 @@ def plan(  # noqa: PLR0913 - keyword-only: what a plan depends on
         index = ["--index-url", shlex.quote(pip.index_url)] if pip.index_url else []
         sources: list[tuple[str, bytes, bool]] = []
         if pip.file is not None and pip.file_content is not None:
-            sources.append((pip.file.rsplit("/", 1)[-1], pip.file_content, pip.require_hashes))
+            filename = pip.file.rsplit("/", 1)[-1]
+            if lockfile.is_pylock_name(filename):  # a PEP 751 lock given as input
+                given = lockfile.Lock(
+                    spec=content.name,
+                    variant=filename,
+                    inputs=lockfile.Inputs(),
+                    packages=lockfile.read_pylock(pip.file_content),
+                )
+                converted = lockfile.requirements_text(given, source=filename)
+                sources.append((f"{filename.removesuffix('.toml')}.txt", converted, True))
+            else:
+                sources.append((filename, pip.file_content, pip.require_hashes))
         if pip.requirements:
             text = "".join(f"{req}\n" for req in pip.requirements)
             sources.append((f"{content.name}.inline-requirements.txt", text.encode(), False))

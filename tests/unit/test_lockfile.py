@@ -223,3 +223,27 @@ def test_lock_check_does_not_complain_about_shipped_locks_offline() -> None:
     cuda = next(v for v in resolution.variants if v.key == "debian-tensorflow:cuda")
     assert cuda.lock is not None
     assert set(lockfile.versions(cuda.lock)) >= {"tensorflow", "nvidia-cudnn-cu12", "h5py"}
+
+
+def test_a_pep751_lock_is_accepted_as_pip_file(tmp_path: Path) -> None:
+    (tmp_path / "pylock.toml").write_text(SIX)
+    spec = tmp_path / "given.yaml"
+    spec.write_text(
+        "name: given\nextends: debian-python\ncomponents:\n  pip:\n    file: pylock.toml\n"
+    )
+    variant = resolve_specs([str(spec)]).selected[0]
+    files = render_variants([variant])[0][1]
+    assert "--no-deps --require-hashes -r /.hepml/requirements/pylock.txt" in files.dockerfile
+    context = {f.name: f.content for f in variant.plan.context}
+    assert b"six==1.17.0 \\\n    --hash=sha256:aa" in context["requirements/pylock.txt"]
+    assert variant.lock_inputs.requirements == ()  # already a lock: nothing to resolve
+
+
+def test_a_broken_pep751_lock_is_a_spec_problem(tmp_path: Path) -> None:
+    (tmp_path / "pylock.toml").write_text('lock-version = "1.0"\n[[packages]]\nname = "six"\n')
+    spec = tmp_path / "given.yaml"
+    spec.write_text(
+        "name: given\nextends: debian-python\ncomponents:\n  pip:\n    file: pylock.toml\n"
+    )
+    with pytest.raises(SpecError, match=re.escape("pylock.toml: package six has no exact version")):
+        resolve_specs([str(spec)])
