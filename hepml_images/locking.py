@@ -191,6 +191,32 @@ def _simulate(image: str, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((m.group(1).split(":", 1)[0], m.group(2)) for m in found if m))
 
 
+def upstream_moves(variant: ResolvedVariant) -> tuple[str, ...]:
+    """Packages of a bootstrapped root that a fresh bootstrap would take in another version.
+
+    The package set of a bootstrapped base is read from its image; what moved on the mirror
+    since shows as the upgrades ``apt-get --simulate dist-upgrade`` would make in it.
+    """
+    from hepml_images import ir  # noqa: PLC0415
+
+    if not isinstance(variant.plan.base, ir.FromBootstrap) or not _image_there(variant.image):
+        return ()
+    script = (
+        "apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive"
+        " apt-get --simulate -qq dist-upgrade"
+    )
+    done = _docker(["run", "--rm", variant.image, "sh", "-c", script])
+    if done.returncode != 0:
+        return (f"could not ask the mirror: {done.stderr.strip()[-500:]}",)
+    moves = []
+    for line in done.stdout.splitlines():
+        found = re.match(r"^Inst (\S+) \[(\S+)\] \((\S+) ", line)
+        if found:
+            name, old, new = found.groups()
+            moves.append(f"base {name.split(':', 1)[0]} {old} -> {new} (on the mirror)")
+    return tuple(moves)
+
+
 def resolve_os(variant: ResolvedVariant) -> tuple[lockfile.OsLock, lockfile.BaseLock]:
     """The OS packages of the variant's chain and its base, resolved in the chain's root image."""
     chain = lineage(variant)
@@ -350,6 +376,7 @@ def lock_variants(
             changes = compare(old, lock) if old is not None else ["no lock file (or unreadable)"]
             if old is not None and lockfile.stale(old, inputs):
                 changes = [*(f"stale: {c}" for c in lockfile.stale(old, inputs)), *changes]
+            changes = [*changes, *upstream_moves(variant)]
             new[variant.key] = old or lock
             results.append(
                 Locked(

@@ -247,3 +247,13 @@ def test_a_broken_pep751_lock_is_a_spec_problem(tmp_path: Path) -> None:
     )
     with pytest.raises(SpecError, match=re.escape("pylock.toml: package six has no exact version")):
         resolve_specs([str(spec)])
+
+
+def test_apt_simulate_lines_give_exact_versions() -> None:
+    lines = [
+        "Inst libhdf5-103-1 (1.10.8+repack1-1 Debian:12.13/stable [amd64])",
+        "Inst libc6 [2.36-9+deb12u7] (2.36-9+deb12u13 Debian:12.13/stable [amd64])",
+        "Conf libc6 (2.36-9+deb12u13 Debian:12.13/stable [amd64])",
+    ]
+    found = [m.groups() for m in map(locking._INST.match, lines) if m]
+    assert found == [("libhdf5-103-1", "1.10.8+repack1-1"), ("libc6", "2.36-9+deb12u13")]
