@@ -291,6 +291,30 @@ def _base_lock(root: ResolvedVariant) -> lockfile.BaseLock:
     return lockfile.BaseLock()
 
 
+#: lock package → the io.hepml.version.* key whose major.minor it must agree with
+_LABELLED = {
+    "nvidia-cuda-runtime-cu12": "cuda",
+    "nvidia-cuda-runtime-cu11": "cuda",
+    "nvidia-cudnn-cu12": "cudnn",
+    "nvidia-cudnn-cu11": "cudnn",
+}
+
+
+def label_mismatch(variant: ResolvedVariant, lock: lockfile.Lock) -> tuple[str, ...]:
+    """Where the locked CUDA/cuDNN wheels disagree with the versions the image is labelled with."""
+    labelled = variant.version_map
+    out = []
+    for package, version in lockfile.versions(lock, _LABELLED).items():
+        key = _LABELLED[package]
+        want = labelled.get(key)
+        if want is not None and ".".join(version.split(".")[:2]) != want:
+            out.append(
+                f"{package} {version} is locked, but the image is labelled {key} {want}"
+                f" (io.hepml.version.{key})"
+            )
+    return tuple(out)
+
+
 def _read(path: Path) -> lockfile.Lock | None:
     """A lock file as it is on disk (stale or not), or None."""
     try:
@@ -368,6 +392,7 @@ def lock_variants(
         lock = lockfile.parse(raw)
         notes = (
             *((f"Python packages {python_note}",) if python_note else ()),
+            *label_mismatch(variant, lock),
             *py_notes,
             *(n for n in (os_lock.note, base_lock.note) if n and not os_lock.resolved),
         )

@@ -257,3 +257,15 @@ def test_apt_simulate_lines_give_exact_versions() -> None:
     ]
     found = [m.groups() for m in map(locking._INST.match, lines) if m]
     assert found == [("libhdf5-103-1", "1.10.8+repack1-1"), ("libc6", "2.36-9+deb12u13")]
+
+
+def test_lock_says_where_cuda_wheels_disagree_with_the_labels() -> None:
+    cuda = resolve_specs(["debian-tensorflow"], ["accelerator=cuda"]).selected[0]
+    assert cuda.lock is not None
+    notes = locking.label_mismatch(cuda, cuda.lock)
+    wheels = lockfile.versions(cuda.lock)
+    assert any(
+        f"nvidia-cudnn-cu12 {wheels['nvidia-cudnn-cu12']} is locked, but the image is labelled"
+        " cudnn 9.3" in n
+        for n in notes
+    )
