@@ -819,6 +819,8 @@ def run_build(
             variant.lock_inputs.requirements or variant.lock_inputs.os_packages
         ):
             events.note(variant.lock_note)
+        if variant.lock is None:  # a lock written later changes the answer
+            trace.not_there(Path(variant.lock_path))
     if request.remember:
         remember(request, resolution, trace)
     engine = engine_factory()
