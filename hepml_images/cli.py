@@ -429,6 +429,50 @@ def build(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
         raise run.error
 
 
+@app.command("lock")
+def lock_command(
+    specs: Annotated[
+        list[str] | None, _listed("Specs to lock (default: every shipped spec).")
+    ] = None,
+    variant: VariantOpt = None,
+    upgrade: Annotated[
+        bool,
+        typer.Option("--upgrade", help="Resolve again even where the lock is up to date."),
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Report what moved upstream (exit 1 if anything did); write nothing."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write each variant's lock file (PEP 751 pylock.toml with OS packages and base image)."""
+    from hepml_images import locking  # noqa: PLC0415 - only this command needs it
+
+    resolution = (
+        pipeline.resolve_specs(specs, variant or [], check_locks=False)
+        if specs
+        else pipeline.resolve_directory(shipped_dir(), check_locks=False, selection=variant or [])
+    )
+    results = locking.lock_variants(
+        resolution.variants,
+        resolution.selected,
+        upgrade=upgrade,
+        check=check,
+        note=lambda m: err.print(m, markup=False),
+    )
+    if as_json:
+        _print_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            out.print(f"{r.key}: {r.state} ({r.path})", markup=False)
+            for line in (*r.changes, *(f"note: {n}" for n in r.notes)):
+                out.print(f"  {line}", markup=False)
+    if any(r.failed for r in results) or (check and any(r.state == "moved" for r in results)):
+        raise typer.Exit(1)
+
+
 @app.command("test")
 def smoke_test(  # noqa: PLR0913, PLR0917 - one parameter per documented flag
     targets: Annotated[

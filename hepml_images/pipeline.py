@@ -132,22 +132,27 @@ def resolve_specs(
     *,
     search: Sequence[Path] = (),
     trace: spec_load.Trace | None = None,
+    check_locks: bool = True,
 ) -> Resolution:
     """Load the named specs (and their parents), resolve them and select variants.
 
-    ``trace`` collects what the answer depended on (``spec.load.Trace``).
+    ``trace`` collects what the answer depended on (``spec.load.Trace``); ``check_locks``: see
+    ``resolve.resolve``.
     """
     specset = spec_load.load(arguments, search=search, trace=trace)
-    variants = resolve(specset)
+    variants = resolve(specset, check_locks=check_locks)
     selected = select(variants, specset.requested, selection)
     return Resolution(specset.requested, variants, selected)
 
 
-def resolve_directory(directory: Path) -> Resolution:
-    """Every spec of a directory, all variants selected."""
+def resolve_directory(
+    directory: Path, *, check_locks: bool = True, selection: Sequence[str] = ()
+) -> Resolution:
+    """Every spec of a directory, all variants selected (or those matching ``selection``)."""
     specset = spec_load.load_directory(directory)
-    variants = resolve(specset)
-    return Resolution(specset.requested, variants, variants)
+    variants = resolve(specset, check_locks=check_locks)
+    chosen = select(variants, specset.requested, selection) if selection else variants
+    return Resolution(specset.requested, variants, chosen)
 
 
 def render_variants(variants: Sequence[ResolvedVariant]) -> list[tuple[ResolvedVariant, Rendered]]:
@@ -810,6 +815,13 @@ def run_build(
     names, chosen = selection(request.specs, request.variant)
     trace = spec_load.Trace()
     resolution = resolve_specs(names, chosen, trace=trace)
+    for variant in resolution.variants:  # a user's spec without a lock: unpinned, and said so
+        if variant.lock_note is not None and (
+            variant.lock_inputs.requirements or variant.lock_inputs.os_packages
+        ):
+            events.note(variant.lock_note)
+        if variant.lock is None:  # a lock written later changes the answer
+            trace.not_there(Path(variant.lock_path))
     if request.remember:
         remember(request, resolution, trace)
     engine = engine_factory()

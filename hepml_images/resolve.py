@@ -22,10 +22,11 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hepml_images import compat, ir, provenance
-from hepml_images.components import Handover, Planned, TensorflowInstall, plan
+from hepml_images import compat, ir, lockfile, provenance
+from hepml_images.components import Handover, Planned, TensorflowInstall, os_packages, plan
 from hepml_images.components import manifest as components_manifest
 from hepml_images.errors import IncompatibleVersions, Problem, SpecError, UsageError
 from hepml_images.spec import content as content_builder
@@ -62,6 +63,9 @@ _NOT_SUBSTITUTED = ("name", "extends", "matrix", "tags", "publish")
 _NOT_IN_IMAGE = frozenset({"smoke", "gpu", "publish", "tags", "singularity"})
 
 
+_NO_INPUTS = lockfile.Inputs()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResolvedVariant:
     """One concrete image to build."""
@@ -82,6 +86,16 @@ class ResolvedVariant:
     digest: str
     #: what this image hands over to the variants built FROM it (they start from it)
     handover: Handover
+    #: what the variant's lock is resolved from, and the lock the plan installs (if any)
+    lock_inputs: lockfile.Inputs = _NO_INPUTS
+    lock: lockfile.Lock | None = None
+    #: why the variant installs unpinned packages (a user's spec without a lock), or None
+    lock_note: str | None = None
+
+    @property
+    def lock_path(self) -> str:
+        """Where this variant's lock file lives (whether it is there or not)."""
+        return str(lockfile.lock_path(Path(self.source), self.slug))
 
     @property
     def key(self) -> str:
@@ -606,8 +620,15 @@ class _Counted:
         self.report(path, message, hint)
 
 
-def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
-    """Resolve every spec of the set into variants, parents first."""
+def resolve(specset: SpecSet, *, check_locks: bool = True) -> tuple[ResolvedVariant, ...]:
+    """Resolve every spec of the set into variants, parents first.
+
+    A variant whose lock file is there is planned from it (exactly its packages). A lock that is
+    stale (resolved from other inputs than the spec asks for now), unreadable, or missing for a
+    shipped spec is a problem; a user's spec without locks installs unpinned, with a note.
+    ``check_locks=False`` (for ``hepml-images lock``) plans from fresh locks only and reports no
+    lock problems.
+    """
     problems = _Problems()
     specs = specset.specs
     order = _order(specs, problems)
@@ -626,7 +647,9 @@ def resolve(specset: SpecSet) -> tuple[ResolvedVariant, ...]:
             parents = [None]
         variants = []
         for parent, ctx, axis_values in _combinations(spec, parents, problems):
-            variant = _resolve_one(spec, parent, ctx, axis_values, problems)
+            variant = _resolve_one(
+                spec, parent, ctx, axis_values, problems, check_locks=check_locks
+            )
             if variant is not None:
                 variants.append(variant)
         seen_tags: dict[str, str] = {}
@@ -681,12 +704,14 @@ def _published_twice(
                     )
 
 
-def _resolve_one(
+def _resolve_one(  # noqa: PLR0913 - check_locks is the one keyword
     spec: SpecFile,
     parent: ResolvedVariant | None,
     ctx: dict[str, str],
     axis_values: tuple[tuple[str, str], ...],
     problems: _Problems,
+    *,
+    check_locks: bool = True,
 ) -> ResolvedVariant | None:
     slug = _slug(axis_values)
     variant_suffix = f" (variant {slug})" if axis_values else ""
@@ -750,8 +775,18 @@ def _resolve_one(
         return None
     versions = _versions(content, inherited, inherited.family, inherited.release, tf)
     image_base = _base(content, parent)
+    inputs = _lock_inputs(content, inherited, tf, image_base, parent)
+    lock, lock_note = _variant_lock(spec, slug, inputs, problems, check_locks=check_locks)
+    if lock is None and lock_note is None and check_locks:
+        return None  # a lock problem, reported
     planned: Planned = plan(
-        content, parent=inherited, base=image_base, tensorflow=tf, versions=tuple(versions.items())
+        content,
+        parent=inherited,
+        base=image_base,
+        tensorflow=tf,
+        versions=tuple(versions.items()),
+        lock=lock,
+        parent_lock=parent.lock if parent else None,
     )
     labels = (
         *provenance.content_labels(
@@ -761,6 +796,7 @@ def _resolve_one(
         ("io.hepml.spec", content.name),
         ("io.hepml.variant", slug),
         *((f"io.hepml.version.{k}", v) for k, v in versions.items()),
+        *((("io.hepml.lock", lock.sha256),) if lock is not None else ()),
     )
     own_entrypoint = _entrypoint(content, planned)
     own_cmd = _cmd(content, image_base)
@@ -833,7 +869,101 @@ def _resolve_one(
         plan=image_plan,
         digest=digest,
         handover=replace(planned.handover, entrypoint=runtime.entrypoint, cmd=runtime.cmd),
+        lock_inputs=inputs,
+        lock=lock,
+        lock_note=lock_note,
     )
+
+
+def _lock_inputs(
+    content: Content,
+    inherited: Handover,
+    tf: TensorflowInstall | None,
+    base: ir.Base,
+    parent: ResolvedVariant | None,
+) -> lockfile.Inputs:
+    """What the variant's lock is resolved from (``lockfile.Inputs``)."""
+    requirements: list[str] = [tf.requirement] if tf is not None else []
+    pip = content.components.pip
+    index_url = None
+    if pip is not None and not pip.require_hashes:
+        requirements.extend(pip.requirements)
+        if pip.file_content is not None:
+            requirements.extend(lockfile.requirement_lines(pip.file_content))
+        index_url = pip.index_url
+    python_version = (
+        content.components.python.version
+        if content.components.python is not None
+        else dict(inherited.versions).get("python")
+    )
+    wants_python = bool(requirements) or (
+        parent is not None and parent.lock_inputs.python is not None
+    )
+    base_text = None
+    if isinstance(base, ir.FromImage):
+        base_text = base.ref
+    elif isinstance(base, ir.FromBootstrap):
+        base_text = " ".join(("bootstrap", base.suite, base.variant, base.mirror, *base.packages))
+    return lockfile.Inputs(
+        python=python_version if wants_python else None,
+        platform=lockfile.python_platform(inherited.family, inherited.release)
+        if wants_python
+        else None,
+        requirements=tuple(requirements),
+        index_url=index_url,
+        os_packages=os_packages(content, inherited.family),
+        parent=parent.lock.sha256 if parent is not None and parent.lock is not None else None,
+        base=base_text,
+    )
+
+
+def _variant_lock(
+    spec: SpecFile,
+    slug: str,
+    inputs: lockfile.Inputs,
+    problems: _Problems,
+    *,
+    check_locks: bool,
+) -> tuple[lockfile.Lock | None, str | None]:
+    """The variant's lock if it is there and fresh; else a note, or a problem (None, None)."""
+    name = lockfile.lock_name(slug)
+    where = f"{lockfile.lock_dir(Path(spec.path.name))}/{name}"
+    fix = f"run `hepml-images lock {spec.name}` to write it"
+    raw = spec.locks.get(name)
+    if raw is None:
+        if not check_locks:
+            return None, "no lock"
+        if spec.shipped:
+            problems.add(spec, "", f"no lock file for variant {slug} ({where})", fix)
+            return None, None
+        return None, (
+            f"{spec.name}:{slug} has no lock file ({where}): its packages are installed"
+            f" unpinned; `hepml-images lock {spec.name}` pins them"
+        )
+    try:
+        lock = lockfile.parse(raw)
+    except lockfile.LockProblem as exc:
+        if not check_locks:
+            return None, "unreadable lock"
+        problems.add(spec, "", f"lock file {where} cannot be read: {exc.message}", fix)
+        return None, None
+    changes = lockfile.stale(lock, inputs)
+    if changes:
+        if not check_locks:
+            return None, "stale lock"
+        shown = "; ".join(changes[:_STALE_SHOWN]) + (" …" if len(changes) > _STALE_SHOWN else "")
+        problems.add(
+            spec,
+            "",
+            f"the lock of variant {slug} ({where}) is stale: {shown}",
+            f"run `hepml-images lock {spec.name}` to lock it again",
+        )
+        return None, None
+    return lock, None
+
+
+#: Changes named in a stale-lock problem.
+_STALE_SHOWN = 6
 
 
 def _cmd(content: Content, base: ir.Base) -> tuple[str, ...] | None:

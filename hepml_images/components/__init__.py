@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from hepml_images import compat, ir
+from hepml_images import compat, ir, lockfile
 from hepml_images.components import packages
 
 if TYPE_CHECKING:
@@ -186,15 +186,23 @@ def _cuda_system(content: Content, family: Family, release: str | None) -> tuple
     )
 
 
-def plan(
+def plan(  # noqa: PLR0913 - keyword-only: what a plan depends on
     content: Content,
     *,
     parent: Handover,
     base: ir.Base,
     tensorflow: TensorflowInstall | None,
     versions: tuple[tuple[str, str], ...],
+    lock: lockfile.Lock | None = None,
+    parent_lock: lockfile.Lock | None = None,
 ) -> Planned:
-    """Turn one variant's components into steps, in cache-aware order."""
+    """Turn one variant's components into steps, in cache-aware order.
+
+    With a ``lock``, the package-manager step installs the locked ``name=version`` of every
+    package the parent's lock does not hold, and one pip step installs the locked Python
+    distributions the parent's lock does not hold (``--no-deps --require-hashes``) in place of
+    the TensorFlow and requirements steps.
+    """
     comps = content.components
     family = parent.family
     out = _Builder()
@@ -205,7 +213,12 @@ def plan(
     setup: tuple[str, ...] = ()
     if isinstance(base, ir.FromImage) and family == "el7":
         setup = packages.el7_vault()
-    wanted = os_packages(content, family)
+    wanted: tuple[str, ...] = os_packages(content, family)
+    if wanted and lock is not None and lock.os.resolved:
+        wanted = tuple(
+            packages.pinned(family, name, version)
+            for name, version in lockfile.new_os_packages(lock, parent_lock)
+        )
     needs_epel = comps.hdf5 is not None and family in {"el7", "el9"}
     install = packages.install(family, wanted) if wanted else ()
     out.run(
@@ -261,19 +274,50 @@ def plan(
         out.set_env(("PIP_DISABLE_PIP_VERSION_CHECK", "1"), ("PIP_NO_CACHE_DIR", "1"))
         python = PythonEnv(version=spec_py.version, venv=venv)
 
-    if tensorflow is not None and python is not None:
+    locked = (
+        lock is not None
+        and python is not None
+        and bool(lock.packages)
+        and (tensorflow is not None or (comps.pip is not None and not comps.pip.require_hashes))
+    )
+    if locked and lock is not None and python is not None:
+        _locked_pip(
+            out,
+            content=content,
+            lock=lock,
+            parent_lock=parent_lock,
+            python=python,
+            family=family,
+            wrapper=wrapper,
+        )
+    elif tensorflow is not None and python is not None:
         out.run(
             "TensorFlow",
             (_pip(python, shlex.quote(tensorflow.requirement)),),
             wrapper,
         )
 
-    if comps.pip is not None and python is not None:
+    if (
+        comps.pip is not None
+        and python is not None
+        and not (locked and not comps.pip.require_hashes)
+    ):
         pip = comps.pip
         index = ["--index-url", shlex.quote(pip.index_url)] if pip.index_url else []
         sources: list[tuple[str, bytes, bool]] = []
         if pip.file is not None and pip.file_content is not None:
-            sources.append((pip.file.rsplit("/", 1)[-1], pip.file_content, pip.require_hashes))
+            filename = pip.file.rsplit("/", 1)[-1]
+            if lockfile.is_pylock_name(filename):  # a PEP 751 lock given as input
+                given = lockfile.Lock(
+                    spec=content.name,
+                    variant=filename,
+                    inputs=lockfile.Inputs(),
+                    packages=lockfile.read_pylock(pip.file_content),
+                )
+                converted = lockfile.requirements_text(given, source=filename)
+                sources.append((f"{filename.removesuffix('.toml')}.txt", converted, True))
+            else:
+                sources.append((filename, pip.file_content, pip.require_hashes))
         if pip.requirements:
             text = "".join(f"{req}\n" for req in pip.requirements)
             sources.append((f"{content.name}.inline-requirements.txt", text.encode(), False))
@@ -323,6 +367,47 @@ def plan(
         tests=tuple(dict.fromkeys(tests)),
     )
     return Planned(steps=tuple(out.steps), context=tuple(out.context), handover=handover)
+
+
+def _locked_pip(  # noqa: PLR0913 - the step depends on each of them
+    out: _Builder,
+    *,
+    content: Content,
+    lock: lockfile.Lock,
+    parent_lock: lockfile.Lock | None,
+    python: PythonEnv,
+    family: Family,
+    wrapper: tuple[str, ...],
+) -> None:
+    """The pip step of a locked variant: what the parent's lock does not hold, hash-checked."""
+    skip = parent_lock.pins() if parent_lock is not None else {}
+    if all(skip.get(lockfile.normalize(p.name)) == p.version for p in lock.packages):
+        return
+    name = f"{content.name}.lock.txt"
+    dest = f"{REQUIREMENTS_DIR}/{name}"
+    out.context.append(
+        ir.ContextFile(
+            name=f"requirements/{name}", content=lockfile.requirements_text(lock, skip=skip)
+        )
+    )
+    out.steps.append(ir.Copy(src=f"requirements/{name}", dest=dest))
+    pip = content.components.pip
+    index = ["--index-url", shlex.quote(pip.index_url)] if pip and pip.index_url else []
+    from_source = pip.build_from_source if pip is not None else ()
+    no_binary = [f"--no-binary={shlex.quote(p)}" for p in from_source]
+    pip_cmd = _pip(
+        python,
+        " ".join([*index, "--no-deps", "--require-hashes", *no_binary, "-r", shlex.quote(dest)]),
+    )
+    commands: tuple[str, ...] = (pip_cmd,)
+    if from_source and any(
+        lockfile.normalize(p) not in skip for p in from_source
+    ):  # a compiler only where something is built here
+        comps = content.components
+        interpreter = comps.python.interpreter if comps.python else "python3"
+        before, after = packages.toolchain(family, interpreter)
+        commands = (*before, pip_cmd, *after)
+    out.run(f"pip requirements (locked: {lockfile.lock_name(lock.variant)})", commands, wrapper)
 
 
 #: Where every image keeps what it was made from: the resolved spec and its package lists.

@@ -104,6 +104,11 @@ def install(family: Family, packages: Iterable[str]) -> tuple[str, ...]:
     )
 
 
+def pinned(family: Family, name: str, version: str) -> str:
+    """A package pinned to an exact version: ``name=version`` (apt), ``name-version`` (yum/dnf)."""
+    return f"{name}={version}" if family in {"debian", "ubuntu"} else f"{name}-{version}"
+
+
 def el7_vault() -> tuple[str, ...]:
     """Point CentOS 7's yum repositories at vault.centos.org (mirrorlist.centos.org is gone)."""
     return (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
+from hepml_images import lockfile
 from hepml_images.spec import model, values
 
 if TYPE_CHECKING:
@@ -238,6 +239,15 @@ def build(  # noqa: C901
             "components.pip.requirements", values.requirement, raw.get("requirements", [])
         )
         content = attachments.get(file) if file else None
+        pylock = file is not None and lockfile.is_pylock_name(file)
+        if pylock and content is not None:
+            # a PEP 751 lock is hash-locked by definition: installed like one
+            require_hashes = True
+            try:
+                lockfile.read_pylock(content)
+            except lockfile.LockProblem as exc:
+                report("components.pip.file", f"{file}: {exc.message}")
+                c.failed = True
         if not file and not raw.get("requirements"):
             report("components.pip", "pip needs `requirements:` or `file:`")
             c.failed = True
@@ -255,7 +265,7 @@ def build(  # noqa: C901
                 "put every requirement, with hashes, in the lock file",
             )
             c.failed = True
-        if require_hashes and content is not None:
+        if require_hashes and content is not None and not pylock:
             unhashed, refused = _unhashed_requirements(content)
             if refused:
                 line_number, option = refused[0]

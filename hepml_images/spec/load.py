@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from hepml_images import lockfile
 from hepml_images.errors import Problem, SpecError
 from hepml_images.resources import data_path
 from hepml_images.spec import files, values, yamlload
@@ -347,9 +348,32 @@ def read_spec(path: Path, *, shipped: bool = False, trace: Trace | None = None) 
     )
     if not problems:
         problems.extend(_read_attachments(spec, trace))
+        problems.extend(_read_locks(spec, trace))
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def _read_locks(spec: SpecFile, trace: Trace | None = None) -> list[Problem]:
+    """Read the spec's lock files (``<stem>.locks/pylock.*.toml`` beside it)."""
+    directory = spec.path.parent / lockfile.lock_dir(Path(spec.path.name))
+    if not directory.is_dir():
+        if trace is not None:
+            trace.not_there(directory, "path")
+        return []
+    problems = []
+    for path in sorted(directory.iterdir()):
+        if not lockfile.is_pylock_name(path.name):
+            continue
+        try:
+            data = files.read_regular(path, limit=files.MAX_LOCK_BYTES, what="the lock file")
+        except files.FileProblem as exc:
+            problems.append(Problem(str(path), None, "", exc.message, exc.hint))
+            continue
+        spec.locks[path.name] = data
+        if trace is not None:
+            trace.read(path, data)
+    return problems
 
 
 def _attachment_paths(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -29,6 +29,8 @@ class SpecFile:
     #: Contents of the files the spec refers to, by their path relative to the spec file.
     attachments: dict[str, bytes] = field(default_factory=dict)
     shipped: bool = False
+    #: The spec's lock files (``hepml_images.lockfile``) by file name, as read beside it.
+    locks: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
