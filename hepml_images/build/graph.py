@@ -301,13 +301,7 @@ class Builder:
                     **self._extra(variant),
                 )
             if not isinstance(variant.plan.base, ir.FromBootstrap):
-                image_id = canonical(
-                    engine,
-                    image_id,
-                    variant,
-                    epoch=self._extra(variant)["epoch"],
-                    progress=progress,
-                )
+                image_id = self._canonical(engine, image_id, variant, activity, progress)
             _tag(engine, image_id, variant)
             _remove_replaced(engine, old_id, image_id)
             export_manifest(
@@ -326,6 +320,34 @@ class Builder:
         finally:
             with self._lock:
                 self._activities.pop(variant.key, None)
+
+    def _canonical(
+        self,
+        engine: Engine,
+        built: str,
+        variant: ResolvedVariant,
+        activity: Activity,
+        progress: Callable[[str], None],
+    ) -> str:
+        """The canonical rewrite of a build; a failed or cancelled one leaves no built image.
+
+        The backend tagged its image with the content tag already: left there, the next run
+        would take a build that never became canonical as up to date.
+        """
+
+        def step(text: str) -> None:
+            activity.check()
+            progress(text)
+
+        try:
+            return canonical(
+                engine, built, variant, epoch=self._extra(variant)["epoch"], progress=step
+            )
+        except BaseException:
+            for reference in (variant.content_ref, built):
+                with contextlib.suppress(Exception):
+                    engine.remove_image(reference, force=True)
+            raise
 
     def _extra(self, variant: ResolvedVariant) -> dict[str, Any]:
         options = self.options

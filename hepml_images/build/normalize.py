@@ -34,6 +34,7 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from hepml_images.resolve import ResolvedVariant
 
 _CHUNK = 1 << 20
+#: Entries of a layer copied between two looks at whether the build was cancelled.
+_CHECK_EVERY = 2000
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
 #: PAX records that carry times of access and change: never part of what a file is.
@@ -161,15 +164,25 @@ def clamp_member(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
     return member
 
 
-def clamp_layer(source: IO[bytes], target: IO[bytes], epoch: int) -> str:
-    """Copy a layer tar with every time clamped to ``epoch``; the new layer's diff ID."""
+def clamp_layer(
+    source: IO[bytes],
+    target: IO[bytes],
+    epoch: int,
+    check: Callable[[], None] = lambda: None,
+) -> str:
+    """Copy a layer tar with every time clamped to ``epoch``; the new layer's diff ID.
+
+    ``check`` is called every few thousand entries (a cancel raises from it).
+    """
     sink = _Hashing(target)
     buffered = io.BufferedWriter(sink, buffer_size=_CHUNK)
     with (
         tarfile.open(fileobj=_plain(source), mode="r|") as reader,
         tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as writer,
     ):
-        for member in reader:
+        for number, member in enumerate(reader):
+            if number % _CHECK_EVERY == 0:
+                check()
             data = reader.extractfile(member) if member.isreg() else None
             writer.addfile(clamp_member(member, epoch), data)
     buffered.flush()
@@ -236,7 +249,8 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
         layer_files = []
         with tarfile.open(saved.path, mode="r:") as archive:
             for number, name in enumerate(saved.layers):
-                progress(f"canonical layer {number + 1}/{len(saved.layers)}")
+                shown = f"canonical layer {number + 1}/{len(saved.layers)}"
+                progress(shown)
                 source = archive.extractfile(name)
                 if source is None:
                     raise BuildError(f"the engine's archive lacks the layer {name}")
@@ -245,7 +259,7 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
                     if number < keep:
                         diff_ids.append(copy_layer(source, sink))
                     else:
-                        diff_ids.append(clamp_layer(source, sink, epoch))
+                        diff_ids.append(clamp_layer(source, sink, epoch, partial(progress, shown)))
                 layer_files.append(spooled)
         config = canonical_config(saved.config, diff_ids, epoch)
         config_hex = hashlib.sha256(config).hexdigest()
