@@ -449,6 +449,53 @@ def _tensorflow(
     return TensorflowInstall(requirement=f"tensorflow{pin}", cuda=cuda_version, cudnn=cudnn_version)
 
 
+#: The wheels that bring CUDA and cuDNN with ``tensorflow[and-cuda]``, newest CUDA first.
+_CUDA_WHEELS = (
+    ("nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12"),
+    ("nvidia-cuda-runtime-cu11", "nvidia-cudnn-cu11"),
+)
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def _locked_cuda(
+    tf: TensorflowInstall, lock: lockfile.Lock, report: content_builder.Report
+) -> TensorflowInstall | None:
+    """What the lock installs decides the CUDA and cuDNN versions (labels, checks, driver).
+
+    ``tensorflow[and-cuda]`` declares ranges for NVIDIA's wheels; the table says what TensorFlow
+    was tested with. Allowed: the same major version, a minor one at least the table's (what the
+    ranges allow and NVIDIA's minor-version compatibility covers).
+    """
+    locked = lockfile.versions(lock, [name for pair in _CUDA_WHEELS for name in pair])
+    for runtime, cudnn in _CUDA_WHEELS:
+        if runtime not in locked:
+            continue
+        cuda_version = _major_minor(locked[runtime])
+        cudnn_version = _major_minor(locked[cudnn]) if cudnn in locked else tf.cudnn
+        for what, have, tested in (
+            ("CUDA", cuda_version, tf.cuda),
+            ("cuDNN", cudnn_version, tf.cudnn),
+        ):
+            if have is None or tested is None:
+                continue
+            have_v, tested_v = (tuple(int(p) for p in v.split(".")[:2]) for v in (have, tested))
+            if have_v[0] != tested_v[0] or have_v < tested_v:
+                report(
+                    "components.tensorflow",
+                    f"the lock installs {what} {have} ({runtime if what == 'CUDA' else cudnn}),"
+                    f" but TensorFlow was tested with {what} {tested}: another major version,"
+                    " or an older minor one",
+                    "pin the NVIDIA wheels in the spec's pip requirements, or re-lock"
+                    " (hepml-images lock --upgrade SPEC)",
+                )
+                return None
+        return replace(tf, cuda=cuda_version, cudnn=cudnn_version)
+    return tf
+
+
 def _check_versions(
     content: Content,
     family: str,
@@ -779,6 +826,11 @@ def _resolve_one(  # noqa: PLR0913 - check_locks is the one keyword
     lock, lock_note = _variant_lock(spec, slug, inputs, problems, check_locks=check_locks)
     if lock is None and lock_note is None and check_locks:
         return None  # a lock problem, reported
+    if lock is not None and tf is not None and tf.cuda is not None:
+        tf = _locked_cuda(tf, lock, report)
+        if tf is None:
+            return None
+        versions = _versions(content, inherited, inherited.family, inherited.release, tf)
     planned: Planned = plan(
         content,
         parent=inherited,

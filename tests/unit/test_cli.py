@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -30,7 +31,13 @@ def test_list_json_has_every_variant(capsys: pytest.CaptureFixture[str]) -> None
     assert ("atlas-tensorflow", "21.2.247-cuda") in keys
     row = next(r for r in rows if (r["spec"], r["variant"]) == ("debian-tensorflow", "cuda"))
     assert row["parent"] == "debian-python:default"
-    assert row["versions"]["cuda"] == "12.5"
+    # what the lock installs (nvidia-cuda-runtime-cu12), not the table's tested CUDA 12.5
+    lock = ROOT / "specs" / "debian-tensorflow.locks" / "pylock.cuda.toml"
+    runtime = re.search(
+        r'name = "nvidia-cuda-runtime-cu12"\nversion = "(\d+\.\d+)', lock.read_text("utf-8")
+    )
+    assert runtime is not None
+    assert row["versions"]["cuda"] == runtime[1]
     assert row["digest"].startswith("sha256:")
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hepml_images import lockfile, locking
+from hepml_images import lockfile, locking, resolve
+from hepml_images.components import TensorflowInstall
 from hepml_images.errors import SpecError
 from hepml_images.pipeline import render_variants, resolve_specs
 
@@ -259,13 +260,45 @@ def test_apt_simulate_lines_give_exact_versions() -> None:
     assert found == [("libhdf5-103-1", "1.10.8+repack1-1"), ("libc6", "2.36-9+deb12u13")]
 
 
-def test_lock_says_where_cuda_wheels_disagree_with_the_labels() -> None:
+def test_the_cuda_labels_say_what_the_lock_installs() -> None:
+    """``tensorflow[and-cuda]`` resolves to newer NVIDIA wheels than TensorFlow was tested with:
+    the labels, the checks and NVIDIA_REQUIRE_CUDA follow the lock, not the table."""
     cuda = resolve_specs(["debian-tensorflow"], ["accelerator=cuda"]).selected[0]
     assert cuda.lock is not None
-    notes = locking.label_mismatch(cuda, cuda.lock)
     wheels = lockfile.versions(cuda.lock)
-    assert any(
-        f"nvidia-cudnn-cu12 {wheels['nvidia-cudnn-cu12']} is locked, but the image is labelled"
-        " cudnn 9.3" in n
-        for n in notes
+    labels = dict(cuda.plan.labels)
+    assert labels["io.hepml.version.cuda"] == ".".join(
+        wheels["nvidia-cuda-runtime-cu12"].split(".")[:2]
     )
+    assert labels["io.hepml.version.cudnn"] == ".".join(wheels["nvidia-cudnn-cu12"].split(".")[:2])
+    assert locking.label_mismatch(cuda, cuda.lock) == ()
+    rendered = render_variants([cuda])[0][1].dockerfile
+    assert f'NVIDIA_REQUIRE_CUDA="cuda>={labels["io.hepml.version.cuda"]} ' in rendered
+
+
+@pytest.mark.parametrize(
+    ("runtime", "cudnn", "why"),
+    [
+        ("11.8.89", "8.9.7.29", "the lock installs CUDA 11.8"),
+        ("12.3.101", "9.3.0.75", "the lock installs CUDA 12.3"),
+        ("12.9.79", "8.9.7.29", "the lock installs cuDNN 8.9"),
+    ],
+)
+def test_a_lock_outside_what_tensorflow_was_tested_with_is_refused(
+    runtime: str, cudnn: str, why: str
+) -> None:
+    tf = TensorflowInstall(requirement="tensorflow[and-cuda]==2.21.0", cuda="12.5", cudnn="9.3")
+    suffix = "cu11" if runtime.startswith("11") else "cu12"
+    lock = lockfile.Lock(
+        spec="x",
+        variant="cuda",
+        inputs=lockfile.Inputs(),
+        packages=(
+            lockfile.Package(name=f"nvidia-cuda-runtime-{suffix}", version=runtime),
+            lockfile.Package(name=f"nvidia-cudnn-{suffix}", version=cudnn),
+        ),
+    )
+    reported: list[str] = []
+    assert resolve._locked_cuda(tf, lock, lambda _p, m, _h=None: reported.append(m)) is None
+    assert reported
+    assert why in reported[0]

@@ -43,7 +43,9 @@ def test_cuda_variants_check_the_libraries_and_want_a_gpu(
     variants: dict[str, ResolvedVariant],
 ) -> None:
     cuda = variants["debian-tensorflow:cuda"]
-    assert "CUDA 12.5 runtime and cuDNN 9.3 load" in names(cuda)
+    labels = dict(cuda.plan.labels)  # what the lock installs (see test_lockfile)
+    cuda_version, cudnn = labels["io.hepml.version.cuda"], labels["io.hepml.version.cudnn"]
+    assert f"CUDA {cuda_version} runtime and cuDNN {cudnn} load" in names(cuda)
     assert checks.wants_gpu(cuda)
     assert not checks.wants_gpu(variants["debian-tensorflow:cpu"])
     assert not checks.wants_gpu(variants["debian-hdf5:default"])
