@@ -73,6 +73,13 @@ class Handover:
     cmd: tuple[str, ...] | None = None
 
 
+#: The environment of a pip step that builds extensions from source: no debug information,
+#: which would hold pip's random build directories (``/tmp/pip-install-…``) and make every build
+#: of the same sources another file (docs/reproducibility.md); the rest of the flags are
+#: Python's own.
+FROM_SOURCE_ENV = "CFLAGS=-g0"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TensorflowInstall:
     """How TensorFlow is installed, decided by the resolver from the compatibility data."""
@@ -331,6 +338,7 @@ def plan(  # noqa: PLR0913 - keyword-only: what a plan depends on
                 python, " ".join([*index, *hash_flags, *no_binary, "-r", shlex.quote(dest)])
             )
             if pip.build_from_source:
+                pip_cmd = f"{FROM_SOURCE_ENV} {pip_cmd}"
                 interpreter = comps.python.interpreter if comps.python else "python3"
                 before, after = packages.toolchain(family, interpreter)
                 commands: tuple[str, ...] = (*before, pip_cmd, *after)
@@ -399,6 +407,8 @@ def _locked_pip(  # noqa: PLR0913 - the step depends on each of them
         python,
         " ".join([*index, "--no-deps", "--require-hashes", *no_binary, "-r", shlex.quote(dest)]),
     )
+    if from_source:
+        pip_cmd = f"{FROM_SOURCE_ENV} {pip_cmd}"
     commands: tuple[str, ...] = (pip_cmd,)
     if from_source and any(
         lockfile.normalize(p) not in skip for p in from_source
