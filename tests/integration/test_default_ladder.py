@@ -19,6 +19,8 @@ from tests.integration.helpers import HOST_CA, buildkit_here, by_key, cli, lefto
 if TYPE_CHECKING:
     import docker
 
+    from tests.integration.registry import Registry
+
 pytestmark = pytest.mark.integration
 
 LADDER = (
@@ -128,6 +130,57 @@ def test_bootstrapped_base_is_reproducible(first_build: dict[str, object], state
     # build labels name another commit), so then compare two fresh bootstraps
     reference = str(base["image_id"]) if base["state"] == "built" else rebuild()
     assert first == reference
+
+
+def _push(client: docker.DockerClient, image_id: str, registry: Registry, repo: str) -> str:
+    """Push one image to the registry under ``repo:tag``; the manifest digest it stored."""
+    repository, tag = repo.rsplit(":", 1)
+    client.api.tag(image_id, f"{registry.host}/{repository}", tag)
+    for chunk in client.api.push(
+        f"{registry.host}/{repository}",
+        tag=tag,
+        stream=True,
+        decode=True,
+        auth_config=registry.auth_config(),
+    ):
+        assert "error" not in chunk, chunk
+    client.api.remove_image(f"{registry.host}/{repository}:{tag}")
+    digest, _ = registry.manifest(repository, tag)
+    return digest
+
+
+def test_the_first_three_images_rebuild_to_the_same_images(
+    first_build: dict[str, object],
+    state: Path,
+    registry: Registry,
+    docker_client: docker.DockerClient,
+) -> None:
+    """Bootstrap → HDF5 → Python (h5py compiled) from scratch again, same epoch and locks:
+    the same image IDs, and the same manifest digests in a registry (the canonical rewrite,
+    docs/reproducibility.md). The TensorFlow image: bench/reproducible_ladder.py."""
+    three = LADDER[:3]
+
+    def rebuild() -> dict[str, str]:
+        run = cli(state, "build", "debian-python", "--no-cache", "--no-test", "--json")
+        assert run.code == 0, run.stderr[-3000:]
+        builds = by_key(run.json()["builds"])
+        assert [builds[k]["state"] for k in three] == ["built"] * 3
+        return {k: str(builds[k]["image_id"]) for k in three}
+
+    builds = by_key(first_build["builds"])  # type: ignore[arg-type]
+    fresh = all(builds[k]["state"] == "built" for k in three)
+    # this run's first build made them from scratch; images made earlier may carry another
+    # commit in their labels, so then compare two fresh builds
+    first = {k: str(builds[k]["image_id"]) for k in three} if fresh else rebuild()
+    pushed = {
+        k: _push(docker_client, first[k], registry, f"ladder/{k.split(':')[0]}:one") for k in three
+    }
+    second = rebuild()
+    assert second == first
+    again = {
+        k: _push(docker_client, second[k], registry, f"ladder/{k.split(':')[0]}:two") for k in three
+    }
+    assert again == pushed
 
 
 @pytest.mark.skipif(not HOST_CA.exists(), reason="no host CA bundle to pass")
