@@ -129,10 +129,11 @@ def _same(a: Image, b: Image) -> bool:
 def compare(engine: Engine, image: Image, rebuilt: Image, reference: str) -> Verdict:
     """How two images compare (the layers' files only read where the diff IDs differ)."""
     config_fields = _config_fields(image, rebuilt)
-    if not config_fields and not _same(image, rebuilt):
+    same_layers = tuple(image.layers) == tuple(rebuilt.layers)
+    if same_layers and not config_fields and not _same(image, rebuilt):
         # the same layers, Env, Labels …: what is left of a configuration is its history
         config_fields = ("history",)
-    if tuple(image.layers) == tuple(rebuilt.layers):
+    if same_layers:
         layers = tuple(
             layerdiff.LayerComparison(index=n, diff_id_a=d, diff_id_b=d, differences=())
             for n, d in enumerate(image.layers)

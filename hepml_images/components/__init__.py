@@ -73,11 +73,28 @@ class Handover:
     cmd: tuple[str, ...] | None = None
 
 
-#: The environment of a pip step that builds extensions from source: no debug information,
-#: which would hold pip's random build directories (``/tmp/pip-install-…``) and make every build
-#: of the same sources another file (docs/reproducibility.md); the rest of the flags are
-#: Python's own.
-FROM_SOURCE_ENV = "CFLAGS=-g0"
+#: A pip step that builds extensions from source compiles them through a small wrapper of gcc
+#: that maps the build directory to ``.`` (``-ffile-prefix-map``) and without debug information:
+#: pip builds in random directories (``/tmp/pip-install-…``), which ``__FILE__`` (h5py's setup
+#: names its sources by absolute path) and the debug information would otherwise put into every
+#: module, making each build of the same sources another file (docs/reproducibility.md).
+FROM_SOURCE_CC = "/tmp/hepml-cc"  # noqa: S108 - written and removed within one step
+FROM_SOURCE_WRAPPER = (
+    f"printf '%s\\n' '#!/bin/sh' 'exec gcc -ffile-prefix-map=\"$PWD\"=. \"$@\"' > {FROM_SOURCE_CC}",
+    f"chmod 755 {FROM_SOURCE_CC}",
+)
+FROM_SOURCE_ENV = f"CC={FROM_SOURCE_CC} CFLAGS=-g0"
+
+
+def _from_source(before: tuple[str, ...], pip_cmd: str, after: tuple[str, ...]) -> tuple[str, ...]:
+    """The commands of a pip step that builds from source: toolchain, wrapper, pip, clean-up."""
+    return (
+        *before,
+        *FROM_SOURCE_WRAPPER,
+        f"{FROM_SOURCE_ENV} {pip_cmd}",
+        f"rm -f {FROM_SOURCE_CC}",
+        *after,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -338,10 +355,9 @@ def plan(  # noqa: PLR0913 - keyword-only: what a plan depends on
                 python, " ".join([*index, *hash_flags, *no_binary, "-r", shlex.quote(dest)])
             )
             if pip.build_from_source:
-                pip_cmd = f"{FROM_SOURCE_ENV} {pip_cmd}"
                 interpreter = comps.python.interpreter if comps.python else "python3"
                 before, after = packages.toolchain(family, interpreter)
-                commands: tuple[str, ...] = (*before, pip_cmd, *after)
+                commands: tuple[str, ...] = _from_source(before, pip_cmd, after)
             else:
                 commands = (pip_cmd,)
             out.run(f"pip requirements ({name})", commands, wrapper)
@@ -407,8 +423,6 @@ def _locked_pip(  # noqa: PLR0913 - the step depends on each of them
         python,
         " ".join([*index, "--no-deps", "--require-hashes", *no_binary, "-r", shlex.quote(dest)]),
     )
-    if from_source:
-        pip_cmd = f"{FROM_SOURCE_ENV} {pip_cmd}"
     commands: tuple[str, ...] = (pip_cmd,)
     if from_source and any(
         lockfile.normalize(p) not in skip for p in from_source
@@ -416,7 +430,7 @@ def _locked_pip(  # noqa: PLR0913 - the step depends on each of them
         comps = content.components
         interpreter = comps.python.interpreter if comps.python else "python3"
         before, after = packages.toolchain(family, interpreter)
-        commands = (*before, pip_cmd, *after)
+        commands = _from_source(before, pip_cmd, after)
     out.run(f"pip requirements (locked: {lockfile.lock_name(lock.variant)})", commands, wrapper)
 
 
