@@ -189,7 +189,8 @@ def test_ca_bundle_leaves_no_trace(
 ) -> None:
     """The CA bundle was used for apt and pip in debian-python; nothing of it stays."""
     builds = by_key(first_build["builds"])  # type: ignore[arg-type]
-    image = docker_client.images.get(builds["debian-python:default"]["image_id"])
+    # by its content tag: a rebuild above may have replaced an image that an older commit made
+    image = docker_client.images.get(builds["debian-python:default"]["image"])
     config = image.attrs["Config"]
     env = dict(item.split("=", 1) for item in config["Env"])
     for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "APT_CONFIG"):
