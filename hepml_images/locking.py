@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -56,6 +57,12 @@ class Locked:
     notes: tuple[str, ...] = ()
     #: the Python packages could not be resolved (the lock says why)
     failed: bool = False
+
+
+#: uv trusts its own bundled roots unless told otherwise; the system's store is what pip and
+#: the rest of the machine trust (behind a TLS-intercepting proxy only it has the proxy's CA).
+#: ``UV_SYSTEM_CERTS`` (uv ≥ 0.9) and ``UV_NATIVE_TLS`` (older) are the same switch.
+_UV_TRUST = {"UV_SYSTEM_CERTS": "1", "UV_NATIVE_TLS": "1"}
 
 
 def _uv() -> str:
@@ -147,7 +154,12 @@ def _uv_compile(inputs: lockfile.Inputs, first: Sequence[str]) -> tuple[str | No
         if inputs.index_url:
             argv += ["--index-url", inputs.index_url]
         done = subprocess.run(  # noqa: S603 - argv, no shell
-            argv, capture_output=True, text=True, timeout=TIMEOUT, check=False
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+            env={**os.environ, **_UV_TRUST},
         )
         if done.returncode != 0:
             return None, done.stderr

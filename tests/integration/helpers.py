@@ -69,14 +69,17 @@ def run(state: Path, *args: str, registry: Registry | None = None, epoch: str | 
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def cli(state: Path, *args: str, timeout: int = 1800) -> Run:
+def cli(state: Path, *args: str, timeout: int = 1800, docker_host: str | None = None) -> Run:
     """Run ``hepml-images ARGS`` in a subprocess (as a user would) and wait for it."""
+    env = cli_env(state)
+    if docker_host is not None:
+        env["DOCKER_HOST"] = docker_host
     done = subprocess.run(
         [sys.executable, "-m", "hepml_images", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=cli_env(state),
+        env=env,
         check=False,
     )
     return Run(done.returncode, done.stdout, done.stderr)

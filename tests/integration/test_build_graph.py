@@ -205,6 +205,8 @@ def test_interrupted_build_leaves_nothing(
 ) -> None:
     specs = write_specs(tmp_path / "specs", t_slow=SLOW)
     assert cli(state, "build", "debian-base", "--no-test").code == 0
+    for stale in docker_client.images.list(name="hepml/t-slow"):  # from an earlier run
+        docker_client.images.remove(str(stale.id), force=True)
     before = leftovers(docker_client)
     logs = tmp_path / "logs"
     process = subprocess.Popen(

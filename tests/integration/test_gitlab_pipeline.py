@@ -25,6 +25,7 @@ JUnit reports are checked in both; the registry password appears in no output.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -330,11 +331,13 @@ LADDER_JOBS = (
 def _empty_engine(host: str) -> None:
     """What a fresh runner's engine holds: nothing (no image, no build cache)."""
     import docker
+    import docker.errors
 
     client = docker.DockerClient(base_url=host, timeout=600)
     try:
         for image in client.images.list(all=True):
-            client.images.remove(str(image.id), force=True)
+            with contextlib.suppress(docker.errors.ImageNotFound):  # gone with a child
+                client.images.remove(str(image.id), force=True)
         client.api.prune_builds(all=True)
         assert client.images.list(all=True) == []
     finally:

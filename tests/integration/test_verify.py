@@ -106,7 +106,7 @@ def _tampered(client: docker.DockerClient, image_id: str, path: str) -> str:
     ):
         for member in source.getmembers():
             content = source.extractfile(member) if member.isfile() else None
-            if member.name.lstrip("./") == path:
+            if member.name.removeprefix("./") == path:
                 body = content.read() + b"# changed\n"  # type: ignore[union-attr]
                 member.size = len(body)
                 content = io.BytesIO(body)
