@@ -125,18 +125,12 @@ def _all_tags(client: docker.DockerClient) -> set[str]:
     return {tag for image in client.images.list() for tag in image.tags}
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A git repository with the user ladder and its generated pipeline (branch ``feature``)."""
-    path = tmp_path / "repo"
-    (path / "specs").mkdir(parents=True)
-    run = uuid.uuid4().hex[:12]
-    (path / "specs" / "t-glci-base.yaml").write_text(BASE.format(run=run), encoding="utf-8")
-    (path / "specs" / "t-glci-child.yaml").write_text(CHILD, encoding="utf-8")
+def _pipeline_repo(path: Path, spec: str, message: str) -> Path:
+    """``path`` as a git repository (branch ``feature``) holding the pipeline made for ``spec``."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "hepml_images", "ci", "generate", "--provider", "gitlab"),
-            *("--docker", "socket", "specs/t-glci-child.yaml", "-o", ".gitlab-ci.yml"),
+            *("--docker", "socket", spec, "-o", ".gitlab-ci.yml"),
         ],
         cwd=path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -151,8 +145,19 @@ def repo(tmp_path: Path) -> Path:
         ".gitlab-ci-local/\n.gitlab-ci-local-variables.yml\nreports/\nsif/\nducc-wishlist.yaml\n"
     )
     _git(path, "add", "-A")
-    _git(path, "commit", "-q", "-m", "the pipeline")
+    _git(path, "commit", "-q", "-m", message)
     return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository with the user ladder and its generated pipeline (branch ``feature``)."""
+    path = tmp_path / "repo"
+    (path / "specs").mkdir(parents=True)
+    run = uuid.uuid4().hex[:12]
+    (path / "specs" / "t-glci-base.yaml").write_text(BASE.format(run=run), encoding="utf-8")
+    (path / "specs" / "t-glci-child.yaml").write_text(CHILD, encoding="utf-8")
+    return _pipeline_repo(path, "specs/t-glci-child.yaml", "the pipeline")
 
 
 @pytest.fixture
@@ -349,25 +354,7 @@ def test_the_default_ladder_pipeline_pulls_the_tensorflow_jobs_three_parents(
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "hepml_images", "ci", "generate", "--provider", "gitlab"),
-            *("--docker", "socket", "debian-tensorflow", "-o", ".gitlab-ci.yml"),
-        ],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    _git(repo, "init", "-q", "-b", "feature")
-    (repo / ".git" / "info" / "exclude").write_text(
-        ".gitlab-ci-local/\n.gitlab-ci-local-variables.yml\nreports/\nsif/\n"
-    )
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "the default ladder's pipeline")
+    _pipeline_repo(repo, "debian-tensorflow", "the default ladder's pipeline")
     run = GitlabCiLocal(repo, registry, tmp_path, docker_host=containerd_engine)
     logs = {}
     for job in LADDER_JOBS:
