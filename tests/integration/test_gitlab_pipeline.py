@@ -54,6 +54,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "group/project"
+# the default-ladder test has its own project: the registry is shared with the first test,
+# whose default-branch pipeline publishes
+LADDER_PROJECT = "group/ladder"
 BASE = """\
 name: t-glci-base
 extends: debian-base
@@ -95,7 +98,7 @@ def _git(repo: Path, *args: str) -> None:
 
 def _ours(tag: str, registry: Registry, before: set[str]) -> bool:
     """A tag this test made: its specs, its registry project, or a stamp of a shared image."""
-    if "t-glci-" in tag or tag.startswith(f"{registry.host}/{PROJECT}/"):
+    if "t-glci-" in tag or tag.startswith(f"{registry.host}/group/"):
         return True
     return tag.endswith("-tested") and tag not in before
 
@@ -174,13 +177,18 @@ class GitlabCiLocal:
     """gitlab-ci-local in one repository, with the registry as CI_REGISTRY."""
 
     def __init__(
-        self, repo: Path, registry: Registry, tmp: Path, docker_host: str | None = None
+        self,
+        repo: Path,
+        registry: Registry,
+        tmp: Path,
+        docker_host: str | None = None,
+        project: str = PROJECT,
     ) -> None:
         self.tool = require_tool("gitlab-ci-local")
         require_tool("rsync")
         self.repo = repo
         self.registry = registry
-        self.image = f"{registry.host}/{PROJECT}"
+        self.image = f"{registry.host}/{project}"
         # the credentials go in the variables file, not on a command line
         variables = {
             "CI_REGISTRY": registry.host,
@@ -355,7 +363,9 @@ def test_the_default_ladder_pipeline_pulls_the_tensorflow_jobs_three_parents(
     repo = tmp_path / "repo"
     repo.mkdir()
     _pipeline_repo(repo, "debian-tensorflow", "the default ladder's pipeline")
-    run = GitlabCiLocal(repo, registry, tmp_path, docker_host=containerd_engine)
+    run = GitlabCiLocal(
+        repo, registry, tmp_path, docker_host=containerd_engine, project=LADDER_PROJECT
+    )
     logs = {}
     for job in LADDER_JOBS:
         _empty_engine(containerd_engine)
@@ -371,11 +381,13 @@ def test_the_default_ladder_pipeline_pulls_the_tensorflow_jobs_three_parents(
             f"the TensorFlow job pulled {spec} from the cache instead of building it"
         )
         assert not re.search(rf"hepml/{spec}:\w+ +│ built", tf), f"{spec} was built again"
-        assert registry.tags(f"{PROJECT}/cache/{spec}") == [tag]
+        assert registry.tags(f"{LADDER_PROJECT}/cache/{spec}") == [tag]
     assert re.search(r"hepml/debian-tensorflow:\w+ +│ built", tf), tf[-4000:]
     tf_tag = _content_tag(tf, "debian-tensorflow")
-    assert registry.tags(f"{PROJECT}/cache/debian-tensorflow") == [tf_tag]
-    published = [r for r in registry.catalog() if r.startswith(PROJECT) and "/cache/" not in r]
+    assert registry.tags(f"{LADDER_PROJECT}/cache/debian-tensorflow") == [tf_tag]
+    published = [
+        r for r in registry.catalog() if r.startswith(f"{LADDER_PROJECT}/") and "/cache/" not in r
+    ]
     assert published == [], "a branch pipeline publishes nothing"
     root = _junit(repo, "debian-tensorflow-cpu")
     assert "tensorflow computes" in ET.tostring(root, encoding="unicode")
