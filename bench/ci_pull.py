@@ -23,18 +23,13 @@ Usage: python -m bench.ci_pull
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import docker
-import yaml
 
-from bench.common import env, hepml, timed
+from bench.common import env, hepml, loopback_registry, timed
 from hepml_images.pipeline import resolve_directory
 from hepml_images.spec.load import shipped_dir
 
@@ -88,41 +83,6 @@ def _remove_bench(client: docker.DockerClient, host: str) -> None:
             client.api.remove_image(image["Id"], force=True)
 
 
-def _registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        host = f"127.0.0.1:{probe.getsockname()[1]}"
-    config = {
-        "version": 0.1,
-        "log": {"level": "error"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "storage")}},
-        "http": {"addr": host},
-    }
-    (root / "config.yml").write_text(yaml.safe_dump(config))
-    executable = shutil.which("docker-registry")
-    if executable is None:
-        raise SystemExit("docker-registry is not installed (scripts/setup-host.sh)")
-    process = subprocess.Popen(
-        [executable, "serve", str(root / "config.yml")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    address = ("127.0.0.1", int(host.rsplit(":", 1)[1]))
-    for _ in range(100):
-        if _answers(address):
-            return process, host
-        time.sleep(0.1)
-    raise SystemExit("the registry did not start")
-
-
-def _answers(address: tuple[str, int]) -> bool:
-    try:
-        with socket.create_connection(address, timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _pipeline(
     client: docker.DockerClient, specs: Path, host: str, cache: str | None
 ) -> tuple[float, float, list[float]]:
@@ -158,7 +118,7 @@ def main() -> None:
     os.environ.update({k: v for k, v in env().items() if k == "HEPML_CA_BUNDLE"})
     with tempfile.TemporaryDirectory(prefix="hepml-bench-ci-") as tmp:
         root = Path(tmp)
-        process, host = _registry(root)
+        process, host = loopback_registry(root)
         os.environ["HEPML_IMAGES_STATE"] = str(root / "state")
         try:
             results = {}
