@@ -602,7 +602,12 @@ def verify_command(  # noqa: PLR0913, PLR0917 - one parameter per documented fla
     ] = None,
     builder: Annotated[
         ImageBuilder,
-        typer.Option("--builder", envvar=BUILDER_ENV, help="The backend of the rebuild."),
+        typer.Option(
+            "--builder",
+            envvar=BUILDER_ENV,
+            help="The backend of the rebuild; auto: the one that built the image"
+            " (its io.hepml.builder label), else as for build.",
+        ),
     ] = ImageBuilder.auto,
     ca_bundle: Annotated[
         Path | None,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from hepml_images import grid, noop, outputs, provenance
+from hepml_images import grid, ir, noop, outputs, provenance
 from hepml_images import publish as publishing
 from hepml_images import verify as verifying
 from hepml_images.build.ca import CaServer, bridge_gateway, read_bundle
@@ -317,6 +317,8 @@ def build(
                 spec_labels=v.content.labels,
                 parent_id=parent_id,
                 created=rfc3339(origin_of(v).epoch),
+                # a bootstrapped base is written by us, not by a build backend
+                builder=None if isinstance(v.plan.base, ir.FromBootstrap) else backend.name,
             ),
             epoch_of=lambda v: origin_of(v).epoch,
             pull=None
@@ -986,7 +988,13 @@ def verify_image(  # noqa: PLR0913 - keyword-only settings
         if image is None:
             raise UsageError(f"the pull of {reference} left no image")
     variant = variant_from_labels(image.labels, reference, search=search)
-    backend = choose_backend(engine, builder, environ)
+    built_by = image.labels.get(provenance.BUILDER_LABEL)
+    backend = choose_backend(engine, verifying.rebuild_builder(builder, image.labels), environ)
+    if built_by and built_by != backend.name:
+        events.note(
+            f"{reference} was built by the {built_by} backend, the rebuild uses {backend.name}:"
+            " their images differ in history, so expect a difference there"
+        )
     bundle = read_bundle(ca_bundle) if ca_bundle is not None else None
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"verify-{variant.spec}-{variant.slug}.log"

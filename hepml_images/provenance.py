@@ -101,11 +101,16 @@ def content_labels(
     return tuple(labels)
 
 
+#: The build backend that made the image (``buildkit`` or ``classic``): their images differ
+#: (history), so ``verify`` rebuilds with the one an image names.
+BUILDER_LABEL = "io.hepml.builder"
+
 #: The labels ``build_labels`` can set: the build's own, not the spec's (``verify`` passes
 #: exactly these of an image again).
 BUILD_LABEL_KEYS = (
     f"{OCI}.created",
     "io.hepml.tool.version",
+    BUILDER_LABEL,
     f"{OCI}.revision",
     f"{OCI}.source",
     f"{OCI}.url",
@@ -119,15 +124,19 @@ def build_labels(
     spec_labels: Iterable[tuple[str, str]],
     parent_id: str | None,
     created: str,
+    builder: str | None = None,
 ) -> dict[str, str]:
-    """The labels of one build (not in the digest): time, revision, source, base, tool.
+    """The labels of one build (not in the digest): time, revision, source, base, tool, backend.
 
-    ``spec_labels`` are the labels the spec sets itself (``Content.labels``).
+    ``spec_labels`` are the labels the spec sets itself (``Content.labels``); ``builder`` the
+    build backend's name.
     """
     labels = {
         f"{OCI}.created": created,
         "io.hepml.tool.version": __version__,
     }
+    if builder:
+        labels[BUILDER_LABEL] = builder
     if where.revision:
         labels[f"{OCI}.revision"] = where.revision + ("-dirty" if where.dirty else "")
     if where.source:

@@ -26,7 +26,7 @@ from hepml_images.build.images import build_bootstrapped, build_dockerfile
 from hepml_images.build.normalize import normalize
 from hepml_images.engine import Activity, EngineError
 from hepml_images.errors import BuildError, UsageError
-from hepml_images.provenance import BUILD_LABEL_KEYS, OCI
+from hepml_images.provenance import BUILD_LABEL_KEYS, BUILDER_LABEL, OCI
 from hepml_images.publish import SMOKE_LABELS, stamped
 from hepml_images.times import parse_rfc3339
 
@@ -59,6 +59,18 @@ class Verdict:
     def identical(self) -> bool:
         """Same layers and same configuration."""
         return not self.config_fields and all(layer.identical for layer in self.layers)
+
+
+def rebuild_builder(requested: str, labels: Mapping[str, str]) -> str:
+    """The backend to rebuild with: ``auto`` means the one the image names (``BUILDER_LABEL``).
+
+    The two backends' images differ (their history entries), so a BuildKit image rebuilt by the
+    classic builder could never be identical; an explicit ``--builder`` is honoured as asked.
+    """
+    built_by = labels.get(BUILDER_LABEL)
+    if requested == "auto" and built_by is not None and built_by in {"buildkit", "classic"}:
+        return built_by
+    return requested
 
 
 def _epoch(image: Image, reference: str) -> int:

@@ -74,7 +74,10 @@ def test_build_labels() -> None:
         spec_labels=variant.content.labels,
         parent_id="sha256:" + "b" * 64,
         created="1970-01-01T00:00:00Z",
+        builder="buildkit",
     )
+    assert labels["io.hepml.builder"] == "buildkit"
+    assert set(labels) <= set(provenance.BUILD_LABEL_KEYS)  # verify passes them all again
     assert labels["org.opencontainers.image.revision"] == "a" * 40 + "-dirty"
     assert labels["org.opencontainers.image.source"] == "https://example.org/r"
     assert labels["org.opencontainers.image.base.digest"] == "sha256:" + "b" * 64
@@ -95,3 +98,4 @@ def test_spec_labels_win_over_git_for_source_and_url() -> None:
     )
     assert labels["org.opencontainers.image.source"] == "https://example.org/from-spec"
     assert labels["org.opencontainers.image.url"] == "https://example.org/from-git"
+    assert "io.hepml.builder" not in labels  # no backend (a bootstrapped base)
