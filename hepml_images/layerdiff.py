@@ -1,10 +1,10 @@
 """Two images, compared layer by layer and file by file. Pure over bytes and open streams.
 
-Input: layer tars (plain or gzip, as ``docker save`` writes them from either image store) or a
-whole ``docker save`` archive. Output: for each layer, its diff ID (the sha256 of the
-uncompressed tar, what ``RootFS.Layers`` lists) and its entries (path, type, mode, owner, mtime,
-content hash, link target, extended attributes); and the differences between two images, per
-layer: which paths are only on one side and which fields of a shared path differ.
+Input: layer tars (plain, gzip or zstd, as ``docker save`` writes them from either image store)
+or a whole image archive (``docker save``, or a bare OCI layout). Output: for each layer, its diff
+ID (the sha256 of the uncompressed tar, what ``RootFS.Layers`` lists) and its entries (path, type,
+mode, owner, mtime, content hash, link target, extended attributes); and the differences between
+two images, per layer: which paths are only on one side and which fields of a shared path differ.
 
 This is what "built twice, the same image?" needs: equal diff IDs say yes; when they are not
 equal, the differences say which files (and which of their properties) made them differ. Nothing
@@ -13,24 +13,22 @@ here prints, reads the clock or talks to an engine.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import tarfile
 from dataclasses import dataclass, fields
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, cast
+
+from hepml_images import blobs
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 
 
 class LayerFormatError(ValueError):
-    """A layer or archive this module cannot read (zstd, not a tar, no manifest)."""
+    """A layer or archive this module cannot read (broken compression, not a tar, no manifest)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,35 +119,6 @@ class _HashingReader:
         return data
 
 
-def _uncompressed(raw: IO[bytes]) -> IO[bytes]:
-    head = raw.read(4)
-    if head.startswith(_ZSTD_MAGIC):
-        raise LayerFormatError("zstd-compressed layer: decompress it first (zstd -d)")
-    rest = cast("IO[bytes]", _Prefixed(head, raw))
-    if head.startswith(_GZIP_MAGIC):
-        return cast("IO[bytes]", gzip.GzipFile(fileobj=rest, mode="rb"))
-    return rest
-
-
-class _Prefixed:
-    """``raw`` with ``head`` (already read from it) put back in front."""
-
-    def __init__(self, head: bytes, raw: IO[bytes]) -> None:
-        self._head = head
-        self._raw = raw
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            data, self._head = self._head + self._raw.read(), b""
-            return data
-        if self._head:
-            data, self._head = self._head[:size], self._head[size:]
-            if len(data) < size:
-                data += self._raw.read(size - len(data))
-            return data
-        return self._raw.read(size)
-
-
 def _entry(archive: tarfile.TarFile, member: tarfile.TarInfo) -> Entry:
     digest = ""
     if member.isfile():
@@ -174,60 +143,22 @@ def _entry(archive: tarfile.TarFile, member: tarfile.TarInfo) -> Entry:
 
 
 def read_layer(raw: IO[bytes]) -> Layer:
-    """Every entry of one layer tar (plain or gzip), and its diff ID."""
-    reader = _HashingReader(_uncompressed(raw))
+    """Every entry of one layer tar (plain, gzip or zstd), and its diff ID."""
+    plain = blobs.uncompressed(raw)
+    reader = _HashingReader(plain)
     entries: dict[str, Entry] = {}
     try:
         with tarfile.open(fileobj=cast("IO[bytes]", reader), mode="r|") as archive:
             for member in archive:
                 entries[_normal_path(member.name)] = _entry(archive, member)
+        while reader.read(_CHUNK):  # the tar's zero blocks and padding count for the diff ID
+            pass
+    except blobs.BlobError as exc:
+        raise LayerFormatError(f"broken compressed layer: {exc}") from None
     except tarfile.TarError as exc:
-        raise LayerFormatError(f"not a tar archive: {exc}") from None
-    while reader.read(_CHUNK):  # the tar's zero blocks and padding count for the diff ID
-        pass
+        undone = "" if plain.compression == "none" else f" once its {plain.compression} is undone"
+        raise LayerFormatError(f"not a tar archive{undone}: {exc}") from None
     return Layer(diff_id=f"sha256:{reader.hash.hexdigest()}", entries=entries)
-
-
-_INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
-
-
-def _blob(archive: tarfile.TarFile, digest: str) -> IO[bytes]:
-    name = "blobs/" + digest.replace(":", "/", 1)
-    try:
-        blob = archive.extractfile(name)
-    except KeyError:
-        blob = None
-    if blob is None:
-        raise LayerFormatError(f"blob {digest} is missing from the archive")
-    return blob
-
-
-def _is_image(descriptor: Mapping[str, Any]) -> bool:
-    """Not an attestation manifest (BuildKit stores those with an unknown platform)."""
-    annotations = descriptor.get("annotations") or {}
-    if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
-        return False
-    return (descriptor.get("platform") or {}).get("os") != "unknown"
-
-
-def _oci_layer_names(archive: tarfile.TarFile) -> list[str]:
-    """The layer blobs of the first image manifest that ``index.json`` leads to."""
-    try:
-        member = archive.extractfile("index.json")
-    except KeyError:
-        member = None
-    if member is None:
-        raise LayerFormatError("neither manifest.json nor index.json: not an image archive")
-    document = json.load(member)
-    while document.get("mediaType") in _INDEX_TYPES or "manifests" in document:
-        images = [d for d in document.get("manifests", []) if _is_image(d)]
-        if not images:
-            raise LayerFormatError("the archive's index holds no image manifest")
-        document = json.load(_blob(archive, images[0]["digest"]))
-    return ["blobs/" + layer["digest"].replace(":", "/", 1) for layer in document["layers"]]
 
 
 def read_saved_image(path: Path) -> list[Layer]:
@@ -236,29 +167,25 @@ def read_saved_image(path: Path) -> list[Layer]:
     Three layouts work: ``docker save`` of the classic store (``manifest.json`` naming
     ``<id>/layer.tar``), ``docker save`` of Docker 25+ and of the containerd image store
     (``manifest.json`` naming ``blobs/sha256/<digest>``), and a bare OCI layout as BuildKit's
-    ``--output type=oci`` writes it (``index.json`` only; layers plain or gzip).
+    ``--output type=oci`` writes it (``index.json`` only, nested indexes followed). Layers may be
+    plain, gzip or zstd (the containerd store keeps them as it pulled them).
     """
     with tarfile.open(path, mode="r:") as archive:
         try:
-            member = archive.extractfile("manifest.json")
-        except KeyError:
-            member = None
-        if member is not None:
-            manifests = json.load(member)
-            if not manifests:
-                raise LayerFormatError(f"{path} holds no image")
-            names = list(manifests[0]["Layers"])
-        else:
-            names = _oci_layer_names(archive)
+            images = blobs.archived_images(archive)
+        except blobs.BlobError as exc:
+            raise LayerFormatError(str(exc)) from None
+        if not images:
+            raise LayerFormatError(f"{path} holds no image")
         layers = []
-        for name in names:
-            try:
-                blob = archive.extractfile(name)
-            except KeyError:
-                blob = None
+        for name in images[0].layers:
+            blob = blobs.member(archive, name)
             if blob is None:
                 raise LayerFormatError(f"{path}: layer {name} is missing")
-            layers.append(read_layer(blob))
+            try:
+                layers.append(read_layer(blob))
+            except LayerFormatError as exc:
+                raise LayerFormatError(f"{path}: layer {name}: {exc}") from None
         return layers
 
 

@@ -25,7 +25,6 @@ The functions over tars are pure; ``normalize`` does the engine's part.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import json
@@ -36,9 +35,9 @@ import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 
-from hepml_images import ir
+from hepml_images import blobs, ir
 from hepml_images.errors import BuildError
 from hepml_images.render.writers import CA_ARG
 from hepml_images.times import rfc3339
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 20
 #: Entries of a layer copied between two looks at whether the build was cancelled.
 _CHECK_EVERY = 2000
-_GZIP = b"\x1f\x8b"
-_ZSTD = b"\x28\xb5\x2f\xfd"
 #: PAX records that carry times of access and change: never part of what a file is.
 _DROPPED_PAX = ("atime", "ctime", "LIBARCHIVE.creationtime")
 #: The builder's container settings in ``config`` (the classic builder fills them in).
@@ -77,62 +74,25 @@ class Saved:
 
 
 def read_saved(path: Path) -> Saved:
-    """The configuration and layer names of the image in a ``docker save`` archive.
+    """The configuration and layer names of the one image in an image archive.
 
-    ``manifest.json`` names them in every layout ``docker save`` writes (``<id>/layer.tar``
-    from old engines, ``blobs/sha256/…`` from Docker ≥ 25 and the containerd store).
+    ``docker save`` names them in its ``manifest.json`` in every layout it writes
+    (``<id>/layer.tar`` from old engines, ``blobs/sha256/…`` from Docker ≥ 25 and the containerd
+    store); a bare OCI layout is read through its ``index.json`` (``blobs.archived_images``).
     """
     with tarfile.open(path, mode="r:") as archive:
         try:
-            manifest_member = archive.extractfile("manifest.json")
-        except KeyError:
-            manifest_member = None
-        if manifest_member is None:
-            raise BuildError(f"{path.name} is not a docker save archive (no manifest.json)")
-        manifests = json.load(manifest_member)
-        if not isinstance(manifests, list) or len(manifests) != 1:
-            raise BuildError(f"{path.name} holds {len(manifests)} images, not one")
-        entry = manifests[0]
-        config_member = archive.extractfile(str(entry["Config"]))
+            images = blobs.archived_images(archive)
+        except blobs.BlobError as exc:
+            raise BuildError(f"{path.name} is not a readable image archive: {exc}") from None
+        if len(images) != 1:
+            raise BuildError(f"{path.name} holds {len(images)} images, not one")
+        (image,) = images
+        config_member = blobs.member(archive, image.config) if image.config is not None else None
         if config_member is None:
-            raise BuildError(f"{path.name} lacks its configuration {entry['Config']}")
+            raise BuildError(f"{path.name} lacks its configuration {image.config}")
         config = json.load(config_member)
-    return Saved(path=path, config=config, layers=tuple(str(name) for name in entry["Layers"]))
-
-
-def _plain(raw: IO[bytes]) -> IO[bytes]:
-    """The uncompressed tar of a layer member (gzip or zstd undone)."""
-    head = raw.read(4)
-    rest = io.BufferedReader(cast("Any", _Joined(head, raw)), buffer_size=_CHUNK)
-    if head.startswith(_GZIP):
-        return cast("IO[bytes]", gzip.GzipFile(fileobj=rest, mode="rb"))
-    if head.startswith(_ZSTD):
-        import zstandard  # noqa: PLC0415 - only images with zstd layers need it
-
-        return cast("IO[bytes]", zstandard.ZstdDecompressor().stream_reader(rest))
-    return rest
-
-
-class _Joined(io.RawIOBase):
-    """``head`` (already read) followed by the rest of ``raw``."""
-
-    def __init__(self, head: bytes, raw: IO[bytes]) -> None:
-        self._head = head
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer
-        view = memoryview(buffer)
-        if self._head:
-            size = min(len(view), len(self._head))
-            view[:size] = self._head[:size]
-            self._head = self._head[size:]
-            return size
-        data = self._raw.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+    return Saved(path=path, config=config, layers=image.layers)
 
 
 class _Hashing(io.RawIOBase):
@@ -172,12 +132,14 @@ def clamp_layer(
 ) -> str:
     """Copy a layer tar with every time clamped to ``epoch``; the new layer's diff ID.
 
-    ``check`` is called every few thousand entries (a cancel raises from it).
+    ``source`` is plain, gzip or zstd (``blobs.uncompressed``: broken compressed data raises
+    ``blobs.BlobError``, a broken tar ``tarfile.TarError``). ``check`` is called every few
+    thousand entries (a cancel raises from it).
     """
     sink = _Hashing(target)
     buffered = io.BufferedWriter(sink, buffer_size=_CHUNK)
     with (
-        tarfile.open(fileobj=_plain(source), mode="r|") as reader,
+        tarfile.open(fileobj=blobs.uncompressed(source), mode="r|") as reader,
         tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as writer,
     ):
         for number, member in enumerate(reader):
@@ -190,9 +152,9 @@ def clamp_layer(
 
 
 def copy_layer(source: IO[bytes], target: IO[bytes]) -> str:
-    """Copy a layer tar as it is (decompressed); its diff ID."""
+    """Copy a layer tar as it is (decompressed: see ``clamp_layer``); its diff ID."""
     digest = hashlib.sha256()
-    plain = _plain(source)
+    plain = blobs.uncompressed(source)
     while chunk := plain.read(_CHUNK):
         digest.update(chunk)
         target.write(chunk)
@@ -251,15 +213,21 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
             for number, name in enumerate(saved.layers):
                 shown = f"canonical layer {number + 1}/{len(saved.layers)}"
                 progress(shown)
-                source = archive.extractfile(name)
+                source = blobs.member(archive, name)
                 if source is None:
                     raise BuildError(f"the engine's archive lacks the layer {name}")
                 spooled = Path(tmp) / f"{number}.tar"
-                with spooled.open("wb") as sink:
-                    if number < keep:
-                        diff_ids.append(copy_layer(source, sink))
-                    else:
-                        diff_ids.append(clamp_layer(source, sink, epoch, partial(progress, shown)))
+                try:
+                    with spooled.open("wb") as sink:
+                        if number < keep:
+                            diff_ids.append(copy_layer(source, sink))
+                        else:
+                            check = partial(progress, shown)
+                            diff_ids.append(clamp_layer(source, sink, epoch, check))
+                except (blobs.BlobError, tarfile.TarError) as exc:
+                    raise BuildError(
+                        f"the engine's archive has a broken layer {name}: {exc}"
+                    ) from None
                 layer_files.append(spooled)
         config = canonical_config(saved.config, diff_ids, epoch)
         config_hex = hashlib.sha256(config).hexdigest()

@@ -16,7 +16,6 @@ squashfs step maps them back to root, as Apptainer does for unprivileged builds;
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import os
@@ -24,13 +23,11 @@ import shutil
 import subprocess
 import tarfile
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 
-import zstandard
-
+from hepml_images import blobs
 from hepml_images.errors import HepmlError
 
 if TYPE_CHECKING:
@@ -290,44 +287,6 @@ class _Applier(threading.Thread):
             self.error = exc
 
 
-#: How a compressed layer blob starts (the containerd store saves layers as it stores them).
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-class _Prefixed(io.RawIOBase):
-    """A stream of ``head`` then the rest of ``source`` (the bytes read to sniff the format)."""
-
-    def __init__(self, head: bytes, source: IO[bytes]) -> None:
-        self._head = head
-        self._source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:  # noqa: ANN401 - a writable buffer of any kind
-        if self._head:
-            size = min(len(buffer), len(self._head))
-            buffer[:size] = self._head[:size]
-            self._head = self._head[size:]
-            return size
-        data = self._source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _decoded(source: IO[bytes]) -> IO[bytes]:
-    """The blob's uncompressed bytes: gzip and zstd (by their magic) are decompressed."""
-    head = source.read(len(ZSTD_MAGIC))
-    raw = io.BufferedReader(_Prefixed(head, source), buffer_size=_CHUNK)
-    if head.startswith(GZIP_MAGIC):
-        return cast("IO[bytes]", gzip.GzipFile(fileobj=raw, mode="rb"))
-    if head == ZSTD_MAGIC:
-        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return reader
-    return raw
-
-
 def _spool(source: IO[bytes], target: Path, name: str) -> str:
     """Write the blob, decompressed, to ``target`` while hashing it; its diff ID.
 
@@ -336,11 +295,11 @@ def _spool(source: IO[bytes], target: Path, name: str) -> str:
     """
     digest = hashlib.sha256()
     try:
-        with _decoded(source) as data, target.open("wb") as sink:
+        with blobs.uncompressed(source) as data, target.open("wb") as sink:
             while block := data.read(_CHUNK):
                 digest.update(block)
                 sink.write(block)
-    except (gzip.BadGzipFile, EOFError, zlib.error, zstandard.ZstdError) as exc:
+    except blobs.BlobError as exc:
         target.unlink(missing_ok=True)
         raise RootfsError(
             f"the engine's archive of the image has a broken compressed blob {name}: {exc}"

@@ -10,8 +10,10 @@ import tarfile
 from typing import TYPE_CHECKING
 
 import pytest
+import zstandard
 
 from hepml_images import layerdiff
+from tests.unit.archives import write_tar
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -104,19 +106,10 @@ def test_a_missing_layer_lists_all_its_paths() -> None:
     assert {d.what for d in comparisons[1].differences} == {"only-a"}
 
 
-def _archive(path: Path, files: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_docker_save_classic_layout(tmp_path: Path) -> None:
     one, two = layer_tar(BASE[:1]), layer_tar(BASE)
     manifest = [{"Config": "c.json", "Layers": ["1/layer.tar", "2/layer.tar"]}]
-    path = _archive(
+    path = write_tar(
         tmp_path / "save.tar",
         {"manifest.json": json.dumps(manifest).encode(), "1/layer.tar": one, "2/layer.tar": two},
     )
@@ -147,7 +140,7 @@ def test_oci_layout_with_a_nested_index_and_an_attestation(tmp_path: Path) -> No
     ).encode()
     inner_digest, inner_name = _blob(inner)
     index = {"manifests": [{"digest": inner_digest}]}
-    path = _archive(
+    path = write_tar(
         tmp_path / "oci.tar",
         {
             "index.json": json.dumps(index).encode(),
@@ -161,12 +154,43 @@ def test_oci_layout_with_a_nested_index_and_an_attestation(tmp_path: Path) -> No
     assert only.diff_id == read(layer_tar(BASE)).diff_id
 
 
+def test_a_zstd_layer_is_read_like_its_tar(tmp_path: Path) -> None:
+    """The containerd store keeps zstd layers as it pulled them, in one frame or several."""
+    data = layer_tar(BASE)
+    compressor = zstandard.ZstdCompressor()
+    one_frame = compressor.compress(data)
+    two_frames = compressor.compress(data[:700]) + compressor.compress(data[700:])
+    assert read(one_frame) == read(two_frames) == read(data)
+    digest, name = _blob(two_frames)
+    manifest = json.dumps({"layers": [{"digest": digest}]}).encode()
+    manifest_digest, manifest_name = _blob(manifest)
+    index = json.dumps({"manifests": [{"digest": manifest_digest}]}).encode()
+    path = write_tar(
+        tmp_path / "oci.tar", {"index.json": index, manifest_name: manifest, name: two_frames}
+    )
+    assert layerdiff.read_saved_image(path) == [read(data)]
+
+
 def test_unreadable_inputs_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(layerdiff.LayerFormatError, match="zstd"):
+    with pytest.raises(layerdiff.LayerFormatError, match="not a tar archive once its zstd"):
         layerdiff.read_layer(io.BytesIO(b"\x28\xb5\x2f\xfd" + b"\0" * 64))
+    zipped = gzip.compress(layer_tar(BASE), mtime=0)
+    with pytest.raises(layerdiff.LayerFormatError, match="broken compressed layer: broken gzip"):
+        read(zipped[:20] + b"\0" * 40 + zipped[60:])
+    squeezed = zstandard.ZstdCompressor().compress(layer_tar(BASE))
+    with pytest.raises(layerdiff.LayerFormatError, match="broken compressed layer: broken zstd"):
+        read(squeezed[:10] + b"\xff" * 20 + squeezed[30:])
+    with pytest.raises(layerdiff.LayerFormatError, match=r"^not a tar archive: "):
+        read(b"plain text, not a tar" * 100)
+    broken = write_tar(
+        tmp_path / "b.tar",
+        {"manifest.json": json.dumps([{"Layers": ["l"]}]).encode(), "l": zipped[:-30]},
+    )
+    with pytest.raises(layerdiff.LayerFormatError, match=r"b\.tar: layer l: broken compressed"):
+        layerdiff.read_saved_image(broken)
     with pytest.raises(layerdiff.LayerFormatError, match="not an image archive"):
-        layerdiff.read_saved_image(_archive(tmp_path / "x.tar", {"hello": b"x"}))
-    missing = _archive(
+        layerdiff.read_saved_image(write_tar(tmp_path / "x.tar", {"hello": b"x"}))
+    missing = write_tar(
         tmp_path / "m.tar", {"manifest.json": json.dumps([{"Layers": ["nope"]}]).encode()}
     )
     with pytest.raises(layerdiff.LayerFormatError, match="missing"):

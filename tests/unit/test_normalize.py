@@ -10,6 +10,7 @@ import tarfile
 from typing import TYPE_CHECKING
 
 import pytest
+import zstandard
 
 from hepml_images.build.normalize import (
     canonical_config,
@@ -18,6 +19,7 @@ from hepml_images.build.normalize import (
     rewrite,
 )
 from hepml_images.errors import BuildError
+from tests.unit.archives import write_tar
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -195,11 +197,60 @@ def test_the_parent_layers_are_kept_byte_for_byte(tmp_path: Path, *, oci: bool) 
     assert (tmp_path / "again.tar").read_bytes() == (tmp_path / "out.tar").read_bytes()
 
 
-def test_an_archive_without_a_manifest_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "oci.tar"
-    with tarfile.open(path, "w") as archive:
-        info = tarfile.TarInfo("index.json")
-        info.size = 2
-        archive.addfile(info, io.BytesIO(b"{}"))
-    with pytest.raises(BuildError, match=r"no manifest\.json"):
-        read_saved(path)
+def test_an_archive_without_an_image_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match=r"x\.tar is not a readable image archive: neither"):
+        read_saved(write_tar(tmp_path / "x.tar", {"hello": b"x"}))
+    with pytest.raises(BuildError, match=r"oci\.tar holds 0 images, not one"):
+        read_saved(write_tar(tmp_path / "oci.tar", {"index.json": b"{}"}))
+    two = json.dumps([{"Config": "c.json", "Layers": []}] * 2).encode()
+    with pytest.raises(BuildError, match="holds 2 images, not one"):
+        read_saved(write_tar(tmp_path / "two.tar", {"manifest.json": two}))
+    no_config = json.dumps([{"Config": "c.json", "Layers": []}]).encode()
+    with pytest.raises(BuildError, match=r"lacks its configuration c\.json"):
+        read_saved(write_tar(tmp_path / "c.tar", {"manifest.json": no_config}))
+
+
+def _blob(data: bytes) -> tuple[str, str]:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return digest, "blobs/" + digest.replace(":", "/")
+
+
+def test_a_bare_oci_layout_with_a_zstd_layer_is_rewritten(tmp_path: Path) -> None:
+    """BuildKit's ``--output type=oci``: ``index.json`` only, layers kept compressed."""
+    plain = built_at(2e9)
+    layer_digest, layer_name = _blob(zstandard.ZstdCompressor().compress(plain))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "history": []}).encode()
+    config_digest, config_name = _blob(config)
+    manifest = json.dumps(
+        {"config": {"digest": config_digest}, "layers": [{"digest": layer_digest}]}
+    ).encode()
+    manifest_digest, manifest_name = _blob(manifest)
+    index = json.dumps({"manifests": [{"digest": manifest_digest}]}).encode()
+    path = write_tar(
+        tmp_path / "oci.tar",
+        {
+            "index.json": index,
+            manifest_name: manifest,
+            config_name: config,
+            layer_name: zstandard.ZstdCompressor().compress(plain),
+        },
+    )
+    saved = read_saved(path)
+    assert saved.layers == (layer_name,)
+    assert saved.config["architecture"] == "amd64"
+    _, written = rewrite(
+        saved, tmp_path / "out.tar", keep=0, epoch=EPOCH, tag="x:1", progress=lambda _: None
+    )
+    clamped = clamp_layer(io.BytesIO(plain), io.BytesIO(), EPOCH)
+    assert json.loads(written)["rootfs"]["diff_ids"] == [clamped]
+
+
+def test_a_broken_layer_is_a_build_error_that_names_it(tmp_path: Path) -> None:
+    good = gzip.compress(built_at(2e9), mtime=0)
+    broken = good[:20] + b"\0" * 40 + good[60:]
+    for layers in ([broken], [layer([]), broken]):
+        saved = read_saved(saved_archive(tmp_path / "in.tar", layers, oci=False))
+        with pytest.raises(BuildError, match=r"broken layer \d/layer\.tar: broken gzip data"):
+            rewrite(
+                saved, tmp_path / "out.tar", keep=1, epoch=EPOCH, tag="x:1", progress=lambda _: None
+            )
