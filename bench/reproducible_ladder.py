@@ -3,8 +3,9 @@
 The default environment (bootstrap → HDF5 → Python 3 with h5py built from source → TensorFlow
 CPU) is built twice, one run after the other, with the same epoch and locks, each time from an
 engine emptied of the ladder's images and of its build cache, and with a new result store:
-``hepml-images build --no-cache --push --registry REG/<run>`` (smoke tests included, so that the
-images may be published), against a loopback registry (Debian's docker-registry, no auth).
+``hepml-images build debian-base debian-hdf5 debian-python debian-tensorflow -V accelerator=cpu
+--no-cache --push --registry REG/<run>`` (smoke tests included, so that the images may be
+published), against a loopback registry (Debian's docker-registry, no auth).
 
 Printed per image: the image ID and the manifest digest in the registry from both runs, and
 whether they are identical; the wall time of each run. ``--verify`` then removes the local copy
@@ -43,6 +44,7 @@ LADDER = (
     "debian-tensorflow:cpu",
 )
 REPOSITORIES = {f"hepml/{key.split(':')[0]}" for key in LADDER}
+BUILD = ("build", *(key.split(":")[0] for key in LADDER), "--variant", "accelerator=cpu")
 
 
 def _empty(client: docker.DockerClient, host: str) -> None:
@@ -65,7 +67,8 @@ def _empty(client: docker.DockerClient, host: str) -> None:
 def _run(cli_env: dict[str, str], registry: str) -> tuple[dict[str, Any], float]:
     start = time.perf_counter()
     done = subprocess.run(
-        hepml("build", "--no-cache", "--push", "--registry", registry, "--json"),
+        # every image of the ladder named, so that each is published, not only the top one
+        hepml(*BUILD, "--no-cache", "--push", "--registry", registry, "--json"),
         env=cli_env,
         capture_output=True,
         text=True,
