@@ -399,6 +399,7 @@ def outcome_json(outcome: Outcome, t0: float) -> dict[str, Any]:
         "image_id": outcome.image_id,
         "seconds": None if outcome.seconds is None else round(outcome.seconds, 1),
         "reason": outcome.reason,
+        "hint": outcome.hint,
         "pulled_from": outcome.pulled_from,
         "started": offset(outcome.started),
         "finished": offset(outcome.finished),

@@ -461,6 +461,7 @@ def _report(images: Sequence[Mapping[str, Any]], *, test: bool) -> dict[str, Any
             "image_id": i["id"],
             "seconds": None,
             "reason": None,
+            "hint": None,
             "pulled_from": None,
             "started": None,
             "finished": None,

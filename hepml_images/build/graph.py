@@ -23,6 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from hepml_images import ir
+from hepml_images.build import hints
 from hepml_images.build.images import (
     Activity,
     BuildError,
@@ -370,6 +371,8 @@ class Builder:
         if outcome.log_path is not None and outcome.log_path.exists():
             lines = outcome.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
             tail = lines[-_TAIL_LINES:]
+            if state is State.FAILED and hint is None:
+                hint = hints.for_log(lines, outcome.variant.spec)
         self._update(
             outcome,
             state=state,

@@ -147,3 +147,31 @@ def test_bootstrap_config_is_canonical_and_gives_a_stable_id(
     assert document["config"]["Labels"]["io.hepml.digest"] == variants["debian-base:default"].digest
     assert document["config"]["Cmd"] == ["/bin/bash"]
     assert first != image_config(plan, "sha256:" + "1" * 64, 1704067200, "mmdebstrap …")
+
+
+def test_a_failed_step_gets_the_hint_its_log_calls_for(
+    monkeypatch: pytest.MonkeyPatch, variants: dict[str, ResolvedVariant], tmp_path: Path
+) -> None:
+    """apt's "version not found" for a locked package: the outcome says to relock."""
+
+    def stale_lock(_engine: object, variant: ResolvedVariant, **kwargs: Any) -> str:
+        if variant.key != "debian-hdf5:default":
+            return "sha256:" + hashlib.sha256(variant.key.encode()).hexdigest()
+        print("E: Version '1.10.8+repack1-1' for 'libhdf5-dev' was not found", file=kwargs["log"])
+        raise BuildError("step 2/5 failed: exit code 100")
+
+    monkeypatch.setattr(graph, "build_dockerfile", stale_lock)
+    monkeypatch.setattr(graph, "build_bootstrapped", stale_lock)
+    monkeypatch.setattr(graph, "_existing", lambda _c, _v: None)
+    monkeypatch.setattr(graph, "_tag", lambda *_a: None)
+    monkeypatch.setattr(graph, "canonical", lambda _e, image_id, *_a, **_k: image_id)
+    monkeypatch.setattr(graph, "export_manifest", lambda *_a: [])
+    engine = FakeEngine()
+    options = Options(jobs=1, epoch=0, log_dir=tmp_path)
+    outcomes = Builder(lambda: engine, [variants["debian-hdf5:default"]], options).run()
+    failed = {o.variant.key: o for o in outcomes}["debian-hdf5:default"]
+    assert failed.state is State.FAILED
+    assert failed.reason == "step 2/5 failed: exit code 100"
+    assert failed.hint is not None
+    assert "libhdf5-dev 1.10.8+repack1-1" in failed.hint
+    assert "hepml-images lock debian-hdf5" in failed.hint
