@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from packaging.specifiers import SpecifierSet
@@ -340,6 +341,20 @@ def test_known_cuda_versions() -> None:
     assert "12.7" not in versions
     assert list(versions) == sorted(versions, key=lambda v: tuple(map(int, v.split("."))))
     assert {"11.8", "12.3", "12.9", "13.0"} <= set(versions)
+
+
+# CUDA 13.4 has no row until its minimum driver is read in NVIDIA's table (its GA is 13.4.1,
+# its Update 1 13.4.2, and 13.4.0 was a developer preview). Until then every spelling of it is
+# refused rather than given a guessed driver: this test goes when the rows come.
+@pytest.mark.parametrize("cuda", ["13.4", "13.4.0", "13.4.1", "13.4.2"])
+def test_cuda_13_4_is_refused_until_its_row_is_checked(cuda: str) -> None:
+    with pytest.raises(IncompatibleVersions) as caught:
+        driver_requirement(cuda)
+    assert caught.value.message == f"CUDA {cuda} is not in the driver table"
+    assert caught.value.hint is not None
+    assert caught.value.hint.endswith("13.2, 13.3")
+    with pytest.raises(IncompatibleVersions, match=rf"CUDA {re.escape(cuda)} "):
+        check_driver("610.43.02", cuda)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from hepml_images.compat import (
     nvidia_require_cuda,
     require_satisfied,
 )
+from hepml_images.errors import IncompatibleVersions
 from hepml_images.smoke.runner import GpuHost, preflight
 
 # NVIDIA's own nvidia/cuda:12.5.1 value (twelve brands for each of the branches 470, 535, 550)
@@ -152,6 +153,13 @@ def test_nvidia_images_let_r535_datacenter_gpus_run_cuda_12_5_but_not_geforce() 
 )
 def test_rendered_require_cuda(cuda: str, rendered: str) -> None:
     assert nvidia_require_cuda(cuda) == rendered
+
+
+@pytest.mark.parametrize("cuda", ["13.4", "13.4.1", "13.4.2"])
+def test_no_constraint_is_rendered_for_cuda_13_4_until_its_row_is_checked(cuda: str) -> None:
+    # an image for it would otherwise carry a guessed driver floor
+    with pytest.raises(IncompatibleVersions, match="not in the driver table"):
+        nvidia_require_cuda(cuda)
 
 
 def test_rendered_values_are_semantic_versions_for_the_go_runtime() -> None:
