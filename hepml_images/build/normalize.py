@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 20
 #: Entries of a layer copied between two looks at whether the build was cancelled.
 _CHECK_EVERY = 2000
+#: Chunks (of ``_CHUNK`` bytes) spooled between two such looks.
+_CHECK_EVERY_CHUNKS = 64
 #: A whiteout's name prefix (``.wh.NAME`` hides NAME below): OCI image layer spec.
 WHITEOUT = ".wh."
 #: The marker of an opaque directory (its children below are hidden): OCI image layer spec.
@@ -399,7 +401,7 @@ def clamp_layer(  # noqa: PLR0913 - keyword settings
     with tempfile.TemporaryFile(dir=spool) as raw:
         plain = blobs.uncompressed(source)
         for number, chunk in enumerate(iter(partial(plain.read, _CHUNK), b"")):
-            if number % _CHECK_EVERY == 0:
+            if number % _CHECK_EVERY_CHUNKS == 0:
                 check()
             raw.write(chunk)
         raw.seek(0)
