@@ -8,9 +8,19 @@ after either backend built an image, ``normalize`` rewrites it once, the same wa
 engine and store:
 
 - the layers the build added (the parent's layers are kept byte for byte, so a child still
-  shares them): every time newer than the epoch is clamped to it (the member's mtime and its
-  PAX ``mtime``; the PAX ``atime``/``ctime`` records are dropped); the order of the entries,
-  their content, modes, owners, links and extended attributes are kept;
+  shares them) become a canonical function of the change they make to the file system below
+  them (the parent's layers and the new ones before, as rewritten, merged as a ``Tree`` with
+  OCI whiteouts applied), so that the two stores' differs, which write different tars for the
+  same step, give the same bytes. Per new layer: whiteouts are empty regular files (mode 0,
+  owner 0, time 0, never hardlinks); an opaque marker of a directory that is not one below,
+  and a whiteout of nothing below, are dropped, as are a non-directory identical to what is
+  below in everything and a directory identical but for its mtime (overlayfs copies up);
+  every time newer than the epoch is clamped to it; each header holds only the name, type,
+  mode, owner ids, mtime, size, link target, device numbers (devices only) and the
+  ``SCHILY.xattr.*`` PAX records (no user or group names, no other records); the entries are
+  ordered depth first by path component (in a directory: its opaque marker, its whiteouts,
+  the rest, by name), and in each hardlink group the first member in that order carries the
+  data and the others link to it;
 - the configuration: only what describes the image (``architecture``, ``os``, ``variant``,
   ``config`` without the builder's container fields, ``rootfs``, ``history`` without the
   entries of LABEL steps and without where the CA bundle was served), with ``created`` and
@@ -32,7 +42,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -51,8 +61,15 @@ if TYPE_CHECKING:
 _CHUNK = 1 << 20
 #: Entries of a layer copied between two looks at whether the build was cancelled.
 _CHECK_EVERY = 2000
-#: PAX records that carry times of access and change: never part of what a file is.
-_DROPPED_PAX = ("atime", "ctime", "LIBARCHIVE.creationtime")
+#: Chunks (of ``_CHUNK`` bytes) spooled between two such looks.
+_CHECK_EVERY_CHUNKS = 64
+#: A whiteout's name prefix (``.wh.NAME`` hides NAME below): OCI image layer spec.
+WHITEOUT = ".wh."
+#: The marker of an opaque directory (its children below are hidden): OCI image layer spec.
+OPAQUE = ".wh..wh..opq"
+_XATTR = "SCHILY.xattr."
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_DEVICES = (tarfile.CHRTYPE, tarfile.BLKTYPE)
 #: The builder's container settings in ``config`` (the classic builder fills them in).
 _CONTAINER_FIELDS = ("Hostname", "Domainname", "Image", "ArgsEscaped")
 #: The CA bundle's URL as both builders record a RUN's build argument in its history entry
@@ -112,41 +129,295 @@ class _Hashing(io.RawIOBase):
         return len(chunk)
 
 
-def clamp_member(member: tarfile.TarInfo, epoch: int) -> tarfile.TarInfo:
-    """The member with its times clamped to ``epoch`` and its access/change times dropped."""
-    member.mtime = min(int(member.mtime), epoch)
-    pax = dict(member.pax_headers)
-    for key in _DROPPED_PAX:
-        pax.pop(key, None)
-    if "mtime" in pax:
-        pax.pop("mtime")  # tarfile writes it again when the clamped time needs it
-    member.pax_headers = pax
-    return member
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Meta:
+    """What one path of a file system is, as layer tars say it (hardlinks resolved)."""
+
+    type: bytes
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+    size: int
+    linkname: str
+    devmajor: int
+    devminor: int
+    xattrs: tuple[tuple[str, str], ...]
+    #: sha256 of a regular file's content, else ``None``
+    sha256: str | None
 
 
-def clamp_layer(
+def _path(name: str) -> str:
+    """A member's name as a path key: no leading ``./`` or ``/``, no trailing ``/``."""
+    while name.startswith(("./", "/")):
+        name = name[1:] if name.startswith("/") else name[2:]
+    return name.rstrip("/") or "."
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in member.pax_headers.items() if k.startswith(_XATTR)))
+
+
+def _meta(member: tarfile.TarInfo, mtime: float, sha256: str | None) -> Meta:
+    kind = tarfile.REGTYPE if member.type in _REGULAR else member.type
+    device = kind in _DEVICES
+    return Meta(
+        type=kind,
+        mode=member.mode & 0o7777,
+        uid=member.uid,
+        gid=member.gid,
+        mtime=mtime,
+        size=member.size if kind == tarfile.REGTYPE else 0,
+        linkname=member.linkname if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else "",
+        devmajor=member.devmajor if device else 0,
+        devminor=member.devminor if device else 0,
+        xattrs=_xattrs(member),
+        sha256=sha256,
+    )
+
+
+def _sha256(data: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    while data is not None and (chunk := data.read(_CHUNK)):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Tree:
+    """The merged file system of a stack of layers: path → ``Meta`` (OCI whiteouts applied)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Meta] = {}
+        self._children: dict[str, set[str]] = {}
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` is there (an entry, or a directory only its children name)."""
+        return path in self.entries or bool(self._children.get(path))
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` is a directory (the root always is)."""
+        meta = self.entries.get(path)
+        if meta is not None:
+            return meta.type == tarfile.DIRTYPE
+        return path in {"", "."} or bool(self._children.get(path))
+
+    def set(self, path: str, meta: Meta) -> None:
+        """Put ``meta`` at ``path`` (what was there, if not a directory, goes)."""
+        old = self.entries.get(path)
+        if old is not None and old.type == tarfile.DIRTYPE and meta.type != tarfile.DIRTYPE:
+            self.clear(path)
+        self.entries[path] = meta
+        while path:
+            parent = _parent(path)
+            siblings = self._children.setdefault(parent, set())
+            if path in siblings:
+                break
+            siblings.add(path)
+            path = parent
+
+    def remove(self, path: str) -> None:
+        """Remove ``path`` and everything under it (a whiteout)."""
+        self.clear(path)
+        self.entries.pop(path, None)
+        self._children.get(_parent(path), set()).discard(path)
+
+    def clear(self, path: str) -> None:
+        """Remove everything under ``path``, keeping it (an opaque marker)."""
+        for child in self._children.pop(path, set()):
+            self.clear(child)
+            self.entries.pop(child, None)
+
+    def apply(self, layer: IO[bytes], check: Callable[[], None] = lambda: None) -> None:
+        """Apply a plain layer tar on top: its whiteouts hide what is below, then its entries."""
+        with tarfile.open(fileobj=layer, mode="r|") as reader:
+            added: list[tuple[str, Meta | str]] = []
+            for number, member in enumerate(reader):
+                if number % _CHECK_EVERY == 0:
+                    check()
+                path = _path(member.name)
+                base = path.rpartition("/")[2]
+                if base == OPAQUE:
+                    self.clear(_parent(path))
+                elif base.startswith(WHITEOUT):
+                    self.remove(f"{_parent(path)}/{base[len(WHITEOUT) :]}".lstrip("/"))
+                elif member.islnk():
+                    added.append((path, _path(member.linkname)))
+                else:
+                    data = reader.extractfile(member) if member.isreg() else None
+                    sha = _sha256(data) if member.isreg() else None
+                    added.append((path, _meta(member, member.mtime, sha)))
+        for path, what in added:
+            # a hardlink is what its target is
+            meta = self.entries.get(what) if isinstance(what, str) else what
+            if meta is not None:
+                self.set(path, meta)
+
+
+def _key(path: str) -> tuple[tuple[int, str], ...]:
+    """The canonical order: depth first; in a directory its opaque marker, whiteouts, the rest."""
+    if path == ".":
+        return ()
+    return tuple(
+        (0 if part == OPAQUE else 1 if part.startswith(WHITEOUT) else 2, part)
+        for part in path.split("/")
+    )
+
+
+def _prefixes(path: str) -> Iterator[str]:
+    """``a``, ``a/b``, … ``path`` itself last."""
+    parts = path.split("/")
+    for end in range(1, len(parts) + 1):
+        yield "/".join(parts[:end])
+
+
+def _clamped(meta: Meta, epoch: int) -> Meta:
+    return replace(meta, mtime=min(int(meta.mtime), epoch))
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One entry of the canonical layer: where its header and its data come from."""
+
+    path: str
+    #: ``None`` for a whiteout or an opaque marker
+    meta: Meta | None
+    #: the member whose data the entry carries (a regular file, or a hardlink group's first)
+    data: tarfile.TarInfo | None = None
+
+
+def _plan(
+    reader: tarfile.TarFile,
+    members: Sequence[tarfile.TarInfo],
+    epoch: int,
+    below: Tree,
+) -> list[_Entry]:
+    """The entries of the canonical layer, in order (see the module doc for the rules)."""
+    layer: dict[str, tarfile.TarInfo] = {}
+    for member in members:
+        layer[_path(member.name)] = member  # a name given twice: the last one counts
+    opaque: set[str] = set()
+    whiteouts: set[str] = set()
+    rest: dict[str, tarfile.TarInfo] = {}
+    for path, member in layer.items():
+        parent, _, base = path.rpartition("/")
+        if base == OPAQUE:
+            if below.is_dir(parent or "."):
+                opaque.add(path)
+        elif base.startswith(WHITEOUT):
+            hidden = f"{parent}/{base[len(WHITEOUT) :]}".lstrip("/")
+            if below.exists(hidden):
+                whiteouts.add(path)
+        else:
+            rest[path] = member
+    gone = {f"{_parent(w)}/{w.rpartition('/')[2][len(WHITEOUT) :]}".lstrip("/") for w in whiteouts}
+    cleared = {_parent(o) for o in opaque}
+
+    # hardlink groups: every link, by the regular file of this layer that it names in the end
+    groups: dict[str, list[str]] = {}
+    for path, member in rest.items():
+        if not member.islnk():
+            continue
+        root, seen = _path(member.linkname), {path}
+        while (target := rest.get(root)) is not None and target.islnk() and root not in seen:
+            seen.add(root)
+            root = _path(target.linkname)
+        if (target := rest.get(root)) is not None and target.isreg():
+            groups.setdefault(root, [root]).append(path)
+    grouped = {path for paths in groups.values() for path in paths}
+
+    entries = [_Entry(path, None) for path in (*opaque, *whiteouts)]
+    for path, member in rest.items():
+        if path in grouped:
+            continue
+        meta = _meta(member, min(int(member.mtime), epoch), None)
+        if member.islnk():  # a link to what is below this layer: kept as it is
+            entries.append(_Entry(path, replace(meta, linkname=_path(member.linkname))))
+            continue
+        covered = (
+            "" in cleared  # an opaque root
+            or any(p in gone for p in _prefixes(path))
+            or any(p in cleared for p in _prefixes(_parent(path)))
+        )
+        old = None if covered or path == "." else below.entries.get(path)
+        if old is not None:
+            old = _clamped(old, epoch)
+            if meta.type == tarfile.DIRTYPE and replace(old, mtime=meta.mtime) == meta:
+                continue
+            if (
+                meta.type != tarfile.DIRTYPE
+                and replace(old, sha256=None) == meta
+                and (not member.isreg() or old.sha256 == _sha256(reader.extractfile(member)))
+            ):
+                continue
+        entries.append(_Entry(path, meta, member if member.isreg() else None))
+    for root, paths in groups.items():
+        first, *links = sorted(paths, key=_key)
+        data = rest[root]
+        meta = _meta(data, min(int(data.mtime), epoch), None)
+        entries.append(_Entry(first, meta, data))
+        link = replace(meta, type=tarfile.LNKTYPE, size=0, linkname=first)
+        entries.extend(_Entry(path, link) for path in links)
+    return sorted(entries, key=lambda entry: _key(entry.path))
+
+
+def _header(entry: _Entry) -> tarfile.TarInfo:
+    """The canonical header: the fields that say what the file is, nothing else."""
+    info = tarfile.TarInfo(entry.path)
+    info.uname = info.gname = ""
+    meta = entry.meta
+    if meta is None:  # whiteouts and opaque markers: empty regular files of no one, at time 0
+        info.type, info.mode, info.mtime = tarfile.REGTYPE, 0, 0
+        return info
+    info.type, info.mode, info.uid, info.gid = meta.type, meta.mode, meta.uid, meta.gid
+    info.mtime, info.size, info.linkname = int(meta.mtime), meta.size, meta.linkname
+    info.devmajor, info.devminor = meta.devmajor, meta.devminor
+    info.pax_headers = dict(meta.xattrs)
+    return info
+
+
+def clamp_layer(  # noqa: PLR0913 - keyword settings
     source: IO[bytes],
     target: IO[bytes],
     epoch: int,
     check: Callable[[], None] = lambda: None,
+    *,
+    below: Tree | None = None,
+    spool: Path | None = None,
 ) -> str:
-    """Copy a layer tar with every time clamped to ``epoch``; the new layer's diff ID.
+    """The canonical form of a layer over the file system ``below``; its diff ID.
 
     ``source`` is plain, gzip or zstd (``blobs.uncompressed``: broken compressed data raises
-    ``blobs.BlobError``, a broken tar ``tarfile.TarError``). ``check`` is called every few
+    ``blobs.BlobError``, a broken tar ``tarfile.TarError``); it is spooled, decompressed, to a
+    temporary file in ``spool`` to be read in the canonical order. ``check`` is called every few
     thousand entries (a cancel raises from it).
     """
+    below = below if below is not None else Tree()
     sink = _Hashing(target)
     buffered = io.BufferedWriter(sink, buffer_size=_CHUNK)
-    with (
-        tarfile.open(fileobj=blobs.uncompressed(source), mode="r|") as reader,
-        tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as writer,
-    ):
-        for number, member in enumerate(reader):
-            if number % _CHECK_EVERY == 0:
+    with tempfile.TemporaryFile(dir=spool) as raw:
+        plain = blobs.uncompressed(source)
+        for number, chunk in enumerate(iter(partial(plain.read, _CHUNK), b"")):
+            if number % _CHECK_EVERY_CHUNKS == 0:
                 check()
-            data = reader.extractfile(member) if member.isreg() else None
-            writer.addfile(clamp_member(member, epoch), data)
+            raw.write(chunk)
+        raw.seek(0)
+        with tarfile.open(fileobj=raw, mode="r:") as reader:
+            members = []
+            for number, member in enumerate(reader):
+                if number % _CHECK_EVERY == 0:
+                    check()
+                members.append(member)
+            entries = _plan(reader, members, epoch, below)
+            with tarfile.open(fileobj=buffered, mode="w|", format=tarfile.PAX_FORMAT) as writer:
+                for number, entry in enumerate(entries):
+                    if number % _CHECK_EVERY == 0:
+                        check()
+                    data = reader.extractfile(entry.data) if entry.data is not None else None
+                    writer.addfile(_header(entry), data)
     buffered.flush()
     return f"sha256:{sink.hash.hexdigest()}"
 
@@ -209,6 +480,7 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
     diff_ids: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hepml-normalize-", dir=target.parent) as tmp:
         layer_files = []
+        tree = Tree()
         with tarfile.open(saved.path, mode="r:") as archive:
             for number, name in enumerate(saved.layers):
                 shown = f"canonical layer {number + 1}/{len(saved.layers)}"
@@ -217,13 +489,18 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
                 if source is None:
                     raise BuildError(f"the engine's archive lacks the layer {name}")
                 spooled = Path(tmp) / f"{number}.tar"
+                check = partial(progress, shown)
                 try:
                     with spooled.open("wb") as sink:
                         if number < keep:
                             diff_ids.append(copy_layer(source, sink))
                         else:
-                            check = partial(progress, shown)
-                            diff_ids.append(clamp_layer(source, sink, epoch, check))
+                            diff_ids.append(
+                                clamp_layer(source, sink, epoch, check, below=tree, spool=Path(tmp))
+                            )
+                    if number + 1 < len(saved.layers):  # what the next layer is compared with
+                        with spooled.open("rb") as layer_tar:
+                            tree.apply(layer_tar, check)
                 except (blobs.BlobError, tarfile.TarError) as exc:
                     raise BuildError(
                         f"the engine's archive has a broken layer {name}: {exc}"

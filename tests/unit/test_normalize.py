@@ -7,12 +7,13 @@ import hashlib
 import io
 import json
 import tarfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import zstandard
 
 from hepml_images.build.normalize import (
+    Tree,
     canonical_config,
     clamp_layer,
     read_saved,
@@ -254,3 +255,291 @@ def test_a_broken_layer_is_a_build_error_that_names_it(tmp_path: Path) -> None:
             rewrite(
                 saved, tmp_path / "out.tar", keep=1, epoch=EPOCH, tag="x:1", progress=lambda _: None
             )
+
+
+# --- the canonical layer over the file system below it ------------------------------------------
+
+PARENT_TIME = 1_600_000_000
+
+
+def entry(  # noqa: PLR0913 - one keyword per header field
+    name: str,
+    data: bytes | None = None,
+    *,
+    kind: bytes = tarfile.REGTYPE,
+    mode: int = 0o644,
+    mtime: float = PARENT_TIME,
+    link: str = "",
+    pax: dict[str, str] | None = None,
+    uname: str = "",
+    uid: int = 0,
+) -> tuple[tarfile.TarInfo, bytes | None]:
+    """One member for ``tar``: a regular file when ``data`` is given, else ``kind``."""
+    info = tarfile.TarInfo(name)
+    info.type = kind if data is None else tarfile.REGTYPE
+    info.mode, info.mtime, info.linkname, info.uname, info.gname = mode, mtime, link, uname, uname
+    info.uid = info.gid = uid
+    info.pax_headers = dict(pax or {})
+    if data is not None:
+        info.size = len(data)
+    return info, data
+
+
+def directory(
+    name: str, mtime: float = PARENT_TIME, *, mode: int = 0o755, **kw: Any
+) -> tuple[tarfile.TarInfo, None]:
+    info, _ = entry(name, kind=tarfile.DIRTYPE, mode=mode, mtime=mtime, **kw)
+    return info, None
+
+
+def tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def tree_of(*layers: bytes) -> Tree:
+    tree = Tree()
+    for data in layers:
+        tree.apply(io.BytesIO(data))
+    return tree
+
+
+def canonical(data: bytes, *below: bytes) -> tuple[str, bytes]:
+    out = io.BytesIO()
+    diff_id = clamp_layer(io.BytesIO(data), out, EPOCH, below=tree_of(*below))
+    return diff_id, out.getvalue()
+
+
+def names(data: bytes) -> list[str]:
+    return [m.name for m in members(data)]
+
+
+BUILD_TIME = 1_800_000_000.5
+
+PARENT = tar(
+    directory("etc"),
+    entry("etc/passwd", b"root:x:0:0\n"),
+    entry("etc/old", b"to be removed\n"),
+    directory("etc/gone.d"),
+    entry("etc/gone.d/a.conf", b"a\n"),
+    directory("tmp", mode=0o1777),
+    directory("var"),
+    directory("var/cache"),
+    directory("var/cache/debconf"),
+    entry("var/cache/debconf/config.dat", b"Name: x\n", mode=0o600),
+    directory("var/lib"),
+    entry("var/lib/touched", b"same bytes\n"),
+)
+
+
+def overlay2_style() -> bytes:
+    """The step as the overlay2 differ writes it: copy-ups, opaque new dirs, linked whiteouts."""
+    atime = {"atime": str(BUILD_TIME), "ctime": str(BUILD_TIME)}
+    return tar(
+        directory("var", mtime=BUILD_TIME, uname="root", pax=atime),
+        directory("var/cache", mtime=BUILD_TIME, uname="root"),
+        directory("var/cache/debconf", mtime=BUILD_TIME, uname="root"),
+        entry("var/cache/debconf/config.dat", b"Name: x\n", mode=0o600, uname="root", pax=atime),
+        directory("usr", mtime=BUILD_TIME, uname="root"),
+        directory("usr/new", mtime=BUILD_TIME, uname="root"),
+        entry("usr/new/.wh..wh..opq", b"", mode=0o600, mtime=BUILD_TIME, uname="root"),
+        entry("usr/new/z", b"linked data\n", mode=0o755, mtime=BUILD_TIME, uname="root"),
+        entry("usr/new/a", kind=tarfile.LNKTYPE, link="usr/new/z", mode=0o755, uname="root"),
+        directory("tmp", mode=0o1777, mtime=BUILD_TIME, uname="root"),
+        directory("etc", mtime=BUILD_TIME, uname="root"),
+        entry("etc/passwd", b"root:x:0:0\nhep:x:1000:1000\n", mtime=BUILD_TIME, uname="root"),
+        entry("etc/.wh.old", b"", mode=0o600, mtime=BUILD_TIME, uname="root"),
+        entry("etc/.wh.gone.d", kind=tarfile.LNKTYPE, link="etc/.wh.old", mode=0o600),
+        entry("etc/.wh.never-there", b"", mode=0o600, mtime=BUILD_TIME),
+    )
+
+
+def containerd_style() -> bytes:
+    """The same step as the containerd store's differ writes it: no copy-ups, plain whiteouts."""
+    return tar(
+        directory("etc", mtime=BUILD_TIME),
+        entry("etc/.wh.gone.d", b"", mode=0, mtime=0),
+        entry("etc/.wh.old", b"", mode=0, mtime=0),
+        entry("etc/passwd", b"root:x:0:0\nhep:x:1000:1000\n", mtime=BUILD_TIME),
+        directory("usr", mtime=BUILD_TIME),
+        directory("usr/new", mtime=BUILD_TIME),
+        entry("usr/new/a", b"linked data\n", mode=0o755, mtime=BUILD_TIME),
+        entry("usr/new/z", kind=tarfile.LNKTYPE, link="usr/new/a", mode=0o755),
+    )
+
+
+def test_the_two_stores_differs_give_the_same_canonical_layer() -> None:
+    overlay2 = canonical(overlay2_style(), PARENT)
+    containerd = canonical(containerd_style(), PARENT)
+    assert overlay2 == containerd
+    diff_id, data = overlay2
+    assert diff_id == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    # etc's mtime changed, and only that: what is below says all
+    assert names(data) == [
+        "etc/.wh.gone.d",
+        "etc/.wh.old",
+        "etc/passwd",
+        "usr",
+        "usr/new",
+        "usr/new/a",
+        "usr/new/z",
+    ]
+
+
+def test_whiteouts_are_empty_files_of_no_one_at_time_zero() -> None:
+    got = {m.name: m for m in members(canonical(overlay2_style(), PARENT)[1])}
+    for name in ("etc/.wh.old", "etc/.wh.gone.d"):  # the second one was a hardlink
+        whiteout = got[name]
+        assert whiteout.type == tarfile.REGTYPE
+        assert (whiteout.mode, whiteout.uid, whiteout.gid, whiteout.mtime) == (0, 0, 0, 0)
+        assert (whiteout.size, whiteout.uname, whiteout.gname, whiteout.pax_headers) == (
+            0,
+            "",
+            "",
+            {},
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "kept"),
+    [
+        # an opaque marker in a directory new in this layer
+        (tar(directory("new"), entry("new/.wh..wh..opq", b"")), ["new"]),
+        # a whiteout of nothing below
+        (tar(directory("etc", mode=0o700), entry("etc/.wh.nothing", b"")), ["etc"]),
+        # a copied-up file, identical to the one below but for times newer than the epoch
+        (tar(entry("var/lib/touched", b"same bytes\n", mtime=PARENT_TIME)), []),
+        # a copied-up directory whose mtime alone changed
+        (tar(directory("var/lib", mtime=BUILD_TIME)), []),
+    ],
+)
+def test_what_changes_nothing_is_dropped(change: bytes, kept: list[str]) -> None:
+    assert names(canonical(change, PARENT)[1]) == kept
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        tar(entry("var/lib/touched", b"same bytes\n", mtime=PARENT_TIME + 1)),  # mtime only
+        tar(entry("var/lib/touched", b"same bytes\n", mode=0o600)),  # mode only
+        tar(entry("var/lib/touched", b"SAME bytes\n")),  # content only, same size
+        tar(entry("var/lib/touched", b"same bytes\n", pax={"SCHILY.xattr.user.a": "1"})),
+        tar(directory("var/lib", mode=0o700)),  # a directory's mode
+    ],
+)
+def test_a_change_in_any_field_but_a_directory_mtime_is_kept(change: bytes) -> None:
+    (got,) = members(canonical(change, PARENT)[1])
+    (want,) = members(change)
+    assert (got.name, got.mode, got.mtime, got.pax_headers) == (
+        want.name,
+        want.mode,
+        want.mtime,
+        want.pax_headers,
+    )
+
+
+def test_an_opaque_marker_over_a_directory_below_is_kept_and_hides_it() -> None:
+    change = tar(
+        directory("etc/gone.d", mtime=BUILD_TIME, mode=0o700),
+        entry("etc/gone.d/.wh..wh..opq", b"", mode=0o600, mtime=BUILD_TIME),
+        entry("etc/gone.d/a.conf", b"a\n"),  # the same as below, but below is hidden: kept
+    )
+    got = members(canonical(change, PARENT)[1])
+    assert [m.name for m in got] == ["etc/gone.d", "etc/gone.d/.wh..wh..opq", "etc/gone.d/a.conf"]
+    assert (got[1].mode, got[1].mtime) == (0, 0)
+
+
+def test_the_order_is_depth_first_opaque_marker_whiteouts_then_the_rest() -> None:
+    change = tar(
+        entry("etc/z", b"z"),
+        entry("etc/gone.d/b", b"b"),
+        entry("etc/.wh.old", b""),
+        entry("etc/gone.d/.wh..wh..opq", b""),
+        entry("etc/a", b"a"),
+        entry("etc-x", b"x"),
+        directory("etc/gone.d", mode=0o700),
+        entry("etc/.wh.passwd", b""),
+        directory("etc", mode=0o700),
+    )
+    assert names(canonical(change, PARENT)[1]) == [
+        "etc",
+        "etc/.wh.old",
+        "etc/.wh.passwd",
+        "etc/a",
+        "etc/gone.d",
+        "etc/gone.d/.wh..wh..opq",
+        "etc/gone.d/b",
+        "etc/z",
+        "etc-x",
+    ]
+
+
+def test_a_hardlink_group_is_carried_by_its_first_member_in_the_new_order() -> None:
+    change = tar(
+        entry("lib/z", b"data\n", mode=0o755),
+        entry("lib/m", kind=tarfile.LNKTYPE, link="lib/z"),
+        entry("lib/b", kind=tarfile.LNKTYPE, link="lib/m"),  # a link to a link
+        entry("lib/t", b"data\n", mode=0o755),  # the same bytes, but its own file
+    )
+    # even members identical to what is below are kept: each is part of the group
+    below = tar(entry("lib/m", b"data\n", mode=0o755), entry("lib/z", b"data\n", mode=0o755))
+    _, data = canonical(change, below)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        got = archive.getmembers()
+        assert [(m.name, m.islnk(), m.linkname) for m in got] == [
+            ("lib/b", False, ""),
+            ("lib/m", True, "lib/b"),
+            ("lib/t", False, ""),
+            ("lib/z", True, "lib/b"),
+        ]
+        assert got[0].mode == got[1].mode == 0o755
+        assert archive.extractfile("lib/b").read() == b"data\n"  # type: ignore[union-attr]
+        assert archive.extractfile("lib/z").read() == b"data\n"  # type: ignore[union-attr]
+
+
+def test_devices_and_extended_attributes_stay_and_nothing_else_does() -> None:
+    caps = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02", "comment": "x"}
+    device, _ = entry("dev/null", kind=tarfile.CHRTYPE, mode=0o666, uname="root")
+    device.devmajor, device.devminor = 1, 3
+    change = tar(
+        (device, None),
+        entry("bin/ping", b"\x7fELF", mode=0o755, pax=caps, uname="root", uid=0),
+        entry("home/hep/x", b"x", uid=1000, uname="hep", pax={"atime": "5"}),
+    )
+    got = {m.name: m for m in members(canonical(change, PARENT)[1])}
+    assert (got["dev/null"].type, got["dev/null"].devmajor, got["dev/null"].devminor) == (
+        tarfile.CHRTYPE,
+        1,
+        3,
+    )
+    assert got["bin/ping"].pax_headers == {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}
+    assert (got["home/hep/x"].uid, got["home/hep/x"].uname, got["home/hep/x"].pax_headers) == (
+        1000,
+        "",
+        {},
+    )
+    assert all(m.uname == m.gname == "" for m in got.values())
+    assert (got["bin/ping"].devmajor, got["bin/ping"].devminor) == (0, 0)
+
+
+def test_each_new_layer_is_compared_with_the_new_layers_before_it(tmp_path: Path) -> None:
+    """A later step's copy-up of a file an earlier step of the build wrote is dropped."""
+    first = tar(directory("opt", mtime=BUILD_TIME), entry("opt/tool", b"v1\n", mtime=BUILD_TIME))
+    second = tar(
+        directory("opt", mtime=BUILD_TIME + 9),
+        entry("opt/tool", b"v1\n", mtime=BUILD_TIME + 9),
+        entry("opt/.wh.never", b""),
+        entry("opt/new", b"n\n", mtime=BUILD_TIME + 9),
+    )
+    saved = read_saved(saved_archive(tmp_path / "in.tar", [PARENT, first, second], oci=False))
+    _, config = rewrite(
+        saved, tmp_path / "out.tar", keep=1, epoch=EPOCH, tag="x:1", progress=lambda _: None
+    )
+    with tarfile.open(tmp_path / "out.tar") as out:
+        manifest = json.load(out.extractfile("manifest.json"))  # type: ignore[arg-type]
+        last = out.extractfile(manifest[0]["Layers"][2]).read()  # type: ignore[union-attr]
+    assert names(last) == ["opt/new"]
+    assert json.loads(config)["rootfs"]["diff_ids"][2] == canonical(second, PARENT, first)[0]
