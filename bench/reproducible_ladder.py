@@ -8,10 +8,11 @@ engine emptied of the ladder's images and of its build cache, and with a new res
 published), against a loopback registry (Debian's docker-registry, no auth).
 
 Printed per image: the image ID and the manifest digest in the registry from both runs, and
-whether they are identical; the wall time of each run. ``--verify`` then removes the local copy
-of the TensorFlow image and runs ``hepml-images verify`` on the published one by its registry
-reference (pull, rebuild from what it carries with no cache, compare) and prints its verdict and
-wall time next to the build's.
+whether they are identical, and a digest over its diff IDs (to compare two engines' runs: the
+image IDs differ between the stores, the layers should not); the wall time of each run.
+``--verify`` then removes the local copy of the TensorFlow image and runs ``hepml-images
+verify`` on the published one by its registry reference (pull, rebuild from what it carries
+with no cache, compare) and prints its verdict and wall time next to the build's.
 Exits 1 when an image differs or verify fails.
 
 Mind the engine: this removes the ladder's images (``hepml/debian-{base,hdf5,python,
@@ -24,6 +25,7 @@ Usage: python -m bench.reproducible_ladder [--verify]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -134,9 +136,13 @@ def main() -> None:
                 same_manifest = first[key][1] == second[key][1]
                 differ = differ or not (same_id and same_manifest)
                 verdict = "identical" if same_id and same_manifest else "DIFFERENT"
+                # one digest over the diff IDs: equal on two engines when the layers are
+                layers = client.api.inspect_image(second[key][0])["RootFS"]["Layers"]
+                over = hashlib.sha256(" ".join(layers).encode()).hexdigest()[:12]
                 print(
                     f"{key:24} id {first[key][0][7:19]} {second[key][0][7:19]}"
                     f"  manifest {first[key][1][7:19]} {second[key][1][7:19]}  {verdict}"
+                    f"  layers {len(layers)} {over}"
                 )
             print(f"cold ladder with smoke tests and push: {t1:.0f} s, again {t2:.0f} s")
             failed = False
