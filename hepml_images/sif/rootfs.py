@@ -98,13 +98,18 @@ def _within(root: Path, directory: Path, checked: set[Path]) -> None:
     checked.add(directory)
 
 
-def _prepare(root: Path, layer: IO[bytes]) -> list[str]:
+def _prepare(root: Path, layer: IO[bytes]) -> tuple[list[str], dict[Path, tuple[int, int]]]:
     """Apply the layer's whiteouts and clear paths whose type the layer changes.
 
-    Returns the names of the layer's device nodes (which only root can create).
+    Returns the names of the layer's device nodes (which only root can create), and the times
+    of the directories below that the layer writes into without an entry of its own: tar's
+    writing there sets their time to now, and a canonical layer leaves out a directory whose
+    only change is its time, so ``_apply`` puts these times back.
     """
     checked: set[Path] = set()
     devices = []
+    parents: dict[Path, tuple[int, int]] = {}
+    own_dirs: set[Path] = set()
     with tarfile.open(fileobj=layer, mode="r:") as members:
         for member in members:
             if member.ischr() or member.isblk():
@@ -114,6 +119,12 @@ def _prepare(root: Path, layer: IO[bytes]) -> list[str]:
                 continue
             parent = root.joinpath(*rel.parent.parts)
             _within(root, parent, checked)
+            if member.isdir():
+                own_dirs.add(root.joinpath(*rel.parts))
+            if parent not in parents and parent.is_dir() and not parent.is_symlink():
+                times = _keep_times(parent)
+                if times is not None:
+                    parents[parent] = times
             base = rel.name
             if base == OPAQUE:
                 if parent.is_dir() and not parent.is_symlink():
@@ -129,7 +140,7 @@ def _prepare(root: Path, layer: IO[bytes]) -> list[str]:
                 is_dir = path.is_dir() and not path.is_symlink()
                 if member.isdir() != is_dir and (path.is_symlink() or path.exists()):
                     _remove(path)
-    return devices
+    return devices, {path: times for path, times in parents.items() if path not in own_dirs}
 
 
 def _tar_argv(root: Path, *, as_root: bool, skip: Path | None = None) -> list[str]:
@@ -180,7 +191,7 @@ def _apply(
 ) -> int:
     """Apply one layer tar file to the tree; returns how many device nodes were left out."""
     with layer.open("rb") as handle:
-        devices = _prepare(root, handle)
+        devices, untouched = _prepare(root, handle)
         handle.seek(0)
         skip = None
         if devices and not as_root:  # Apptainer binds the host's /dev over them anyway
@@ -191,6 +202,9 @@ def _apply(
         finally:
             if skip is not None:
                 skip.unlink()
+    for directory, times in untouched.items():
+        if directory.is_dir() and not directory.is_symlink():
+            os.utime(directory, ns=times, follow_symlinks=False)
     return len(devices) if not as_root else 0
 
 

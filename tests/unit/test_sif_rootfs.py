@@ -179,3 +179,15 @@ def test_the_oci_archive_layout_and_a_missing_layer(tmp_path: Path) -> None:
             epoch=EPOCH,
             progress=lambda *_: None,
         )
+
+
+def test_a_directory_the_layer_writes_into_keeps_its_time_from_below(tmp_path: Path) -> None:
+    """A canonical layer has no entry for a directory whose only change is its time: writing a
+    new file there must not give the directory the time of the unpacking (SIFs would differ)."""
+    lower = _layer([("d", "dir", ""), ("d/old", "file", "1"), ("e", "dir", "")])
+    upper = _layer([("d/new", "file", "2"), ("e/sub", "dir", ""), ("e/sub/f", "file", "3")])
+    root, _ = _flatten(tmp_path, [lower, upper])
+    assert (root / "d" / "new").read_text() == "2"
+    assert int((root / "d").lstat().st_mtime) == 1_600_000_000
+    assert int((root / "e").lstat().st_mtime) == 1_600_000_000
+    assert int((root / "e" / "sub").lstat().st_mtime) == 1_600_000_000  # its own entry's
