@@ -37,6 +37,12 @@ _INDEX_TYPES = {
 }
 
 
+#: A whiteout's name prefix (``.wh.NAME`` hides NAME below): OCI image layer spec.
+WHITEOUT = ".wh."
+#: The marker of an opaque directory (its children below are hidden): OCI image layer spec.
+OPAQUE = ".wh..wh..opq"
+
+
 class BlobError(ValueError):
     """A blob or an image archive that cannot be read; the message says what failed."""
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from hepml_images import blobs, ir
+from hepml_images.blobs import OPAQUE, WHITEOUT
 from hepml_images.errors import BuildError
 from hepml_images.render.writers import CA_ARG
 from hepml_images.times import rfc3339
@@ -63,10 +64,6 @@ _CHUNK = 1 << 20
 _CHECK_EVERY = 2000
 #: Chunks (of ``_CHUNK`` bytes) spooled between two such looks.
 _CHECK_EVERY_CHUNKS = 64
-#: A whiteout's name prefix (``.wh.NAME`` hides NAME below): OCI image layer spec.
-WHITEOUT = ".wh."
-#: The marker of an opaque directory (its children below are hidden): OCI image layer spec.
-OPAQUE = ".wh..wh..opq"
 _XATTR = "SCHILY.xattr."
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _DEVICES = (tarfile.CHRTYPE, tarfile.BLKTYPE)

@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from hepml_images import blobs
+from hepml_images.blobs import OPAQUE, WHITEOUT
 from hepml_images.errors import HepmlError
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
     from hepml_images.engine import Engine
 
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
 
 
