@@ -239,20 +239,45 @@ def test_wrong_password_is_reported_with_the_registry_name(
 
 
 def test_registry_down_then_up_is_retried(tmp_path: Path, state: Path, registry: Registry) -> None:
+    """The registry comes back only once publish has said it is retrying.
+
+    Started on a timer instead, the registry could be back before publish first reached it
+    (a slow machine spends longer before its first request), and nothing was retried.
+    """
     path = spec(tmp_path, version=f"8.{uuid.uuid4().int % 1000}.0")
     assert cli(state, "build", str(path)).code == 0
     registry.stop()
-    restart = threading.Timer(4.0, registry.start)
-    restart.start()
-    try:
-        run = publish(state, registry, str(path), "--json")
-    finally:
-        restart.join()
-        if not registry.running():
-            registry.start()
-    assert run.code == 0, run.stderr[-3000:]
-    assert "retrying" in run.stderr
+    env = cli_env(state)
+    env["HEPML_REGISTRY_USER"] = registry.username
+    env["HEPML_REGISTRY_PASSWORD"] = registry.password
+    command = [sys.executable, "-m", "hepml_images", "publish", "--registry"]
+    command += [f"{registry.host}/hepml-test", str(path), "--json"]
+    stderr: list[str] = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        out = process.stdout
+        collected: list[str] = []
+        reader = threading.Thread(target=lambda: collected.append(out.read()), daemon=True)
+        reader.start()
+        try:
+            for line in process.stderr:
+                stderr.append(line)
+                if "retrying" in line and not registry.running():
+                    registry.start()
+            process.wait(timeout=600)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            if not registry.running():
+                registry.start()
+        reader.join(timeout=60)
+    run = Run(process.returncode, "".join(collected), "".join(stderr))
+    assert "retrying" in run.stderr, run.stderr[-3000:]
     assert "connection refused" in run.stderr.lower()
+    assert run.code == 0, run.stderr[-3000:]
     assert {t["action"] for t in run.json()["publish"][0]["tags"]} <= {
         "pushed",
         "moved",
