@@ -42,7 +42,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -140,8 +140,35 @@ class Meta:
     devmajor: int
     devminor: int
     xattrs: tuple[tuple[str, str], ...]
-    #: sha256 of a regular file's content, else ``None``
-    sha256: str | None
+    #: where a regular file's content is (read only when compared), else ``None``
+    content: Content | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Content:
+    """Where a regular file's bytes are in a layer tar that stays open: read when compared.
+
+    Reading a parent's layers for what is below a new one needs only their headers: a file's
+    content matters only where a new layer has a file of the same metadata at the same path.
+    """
+
+    file: IO[bytes]
+    offset: int
+    size: int
+
+    def same_as(self, data: IO[bytes] | None) -> bool:
+        """Whether ``data`` holds exactly these bytes (``size`` of them, then nothing)."""
+        if data is None:
+            return self.size == 0
+        self.file.seek(self.offset)
+        left = self.size
+        while left > 0:
+            mine = self.file.read(min(_CHUNK, left))
+            theirs = data.read(len(mine))
+            if not mine or mine != theirs:
+                return False
+            left -= len(mine)
+        return not data.read(1)
 
 
 def _path(name: str) -> str:
@@ -159,7 +186,7 @@ def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in member.pax_headers.items() if k.startswith(_XATTR)))
 
 
-def _meta(member: tarfile.TarInfo, mtime: float, sha256: str | None) -> Meta:
+def _meta(member: tarfile.TarInfo, mtime: float, content: Content | None = None) -> Meta:
     kind = tarfile.REGTYPE if member.type in _REGULAR else member.type
     device = kind in _DEVICES
     return Meta(
@@ -173,15 +200,8 @@ def _meta(member: tarfile.TarInfo, mtime: float, sha256: str | None) -> Meta:
         devmajor=member.devmajor if device else 0,
         devminor=member.devminor if device else 0,
         xattrs=_xattrs(member),
-        sha256=sha256,
+        content=content,
     )
-
-
-def _sha256(data: IO[bytes] | None) -> str:
-    digest = hashlib.sha256()
-    while data is not None and (chunk := data.read(_CHUNK)):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Tree:
@@ -229,8 +249,12 @@ class Tree:
             self.entries.pop(child, None)
 
     def apply(self, layer: IO[bytes], check: Callable[[], None] = lambda: None) -> None:
-        """Apply a plain layer tar on top: its whiteouts hide what is below, then its entries."""
-        with tarfile.open(fileobj=layer, mode="r|") as reader:
+        """Apply a plain layer tar on top: its whiteouts hide what is below, then its entries.
+
+        ``layer`` is seekable and stays open as long as the tree is used: its files' contents
+        are read from it when compared (``Content``).
+        """
+        with tarfile.open(fileobj=layer, mode="r:") as reader:
             added: list[tuple[str, Meta | str]] = []
             for number, member in enumerate(reader):
                 if number % _CHECK_EVERY == 0:
@@ -244,9 +268,10 @@ class Tree:
                 elif member.islnk():
                     added.append((path, _path(member.linkname)))
                 else:
-                    data = reader.extractfile(member) if member.isreg() else None
-                    sha = _sha256(data) if member.isreg() else None
-                    added.append((path, _meta(member, member.mtime, sha)))
+                    content = (
+                        Content(layer, member.offset_data, member.size) if member.isreg() else None
+                    )
+                    added.append((path, _meta(member, member.mtime, content)))
         for path, what in added:
             # a hardlink is what its target is
             meta = self.entries.get(what) if isinstance(what, str) else what
@@ -330,7 +355,7 @@ def _plan(
     for path, member in rest.items():
         if path in grouped:
             continue
-        meta = _meta(member, min(int(member.mtime), epoch), None)
+        meta = _meta(member, min(int(member.mtime), epoch))
         if member.islnk():  # a link to what is below this layer: kept as it is
             entries.append(_Entry(path, replace(meta, linkname=_path(member.linkname))))
             continue
@@ -346,15 +371,18 @@ def _plan(
                 continue
             if (
                 meta.type != tarfile.DIRTYPE
-                and replace(old, sha256=None) == meta
-                and (not member.isreg() or old.sha256 == _sha256(reader.extractfile(member)))
+                and old == meta
+                and (
+                    not member.isreg()
+                    or (old.content is not None and old.content.same_as(reader.extractfile(member)))
+                )
             ):
                 continue
         entries.append(_Entry(path, meta, member if member.isreg() else None))
     for root, paths in groups.items():
         first, *links = sorted(paths, key=_key)
         data = rest[root]
-        meta = _meta(data, min(int(data.mtime), epoch), None)
+        meta = _meta(data, min(int(data.mtime), epoch))
         entries.append(_Entry(first, meta, data))
         link = replace(meta, type=tarfile.LNKTYPE, size=0, linkname=first)
         entries.extend(_Entry(path, link) for path in links)
@@ -478,7 +506,7 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
     with tempfile.TemporaryDirectory(prefix="hepml-normalize-", dir=target.parent) as tmp:
         layer_files = []
         tree = Tree()
-        with tarfile.open(saved.path, mode="r:") as archive:
+        with contextlib.ExitStack() as opened, tarfile.open(saved.path, mode="r:") as archive:
             for number, name in enumerate(saved.layers):
                 shown = f"canonical layer {number + 1}/{len(saved.layers)}"
                 progress(shown)
@@ -496,8 +524,7 @@ def rewrite(  # noqa: PLR0913 - keyword-only settings
                                 clamp_layer(source, sink, epoch, check, below=tree, spool=Path(tmp))
                             )
                     if number + 1 < len(saved.layers):  # what the next layer is compared with
-                        with spooled.open("rb") as layer_tar:
-                            tree.apply(layer_tar, check)
+                        tree.apply(opened.enter_context(spooled.open("rb")), check)
                 except (blobs.BlobError, tarfile.TarError) as exc:
                     raise BuildError(
                         f"the engine's archive has a broken layer {name}: {exc}"
