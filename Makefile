@@ -45,9 +45,10 @@ typecheck: $(STAMP)
 unit: setup
 	$(BIN)/python -m pytest -m "not integration"
 
-## integration tests: real Docker Engine, loopback registry, siftool, squashfs tools
+## integration tests: real Docker Engine, loopback registry, siftool, squashfs tools (the
+## slowest are listed at the end, to see where CI time goes)
 integration: setup
-	$(BIN)/python -m pytest -m integration
+	$(BIN)/python -m pytest -m integration --durations=15
 
 ## refresh the golden files after a deliberate rendering change (then review the diff)
 golden: $(STAMP)
